@@ -1,0 +1,219 @@
+"""Weight-sharing dynamic layers.
+
+Each layer allocates its largest weight once; a subnet uses the leading `[:out, :in]` slice, and a smaller
+depthwise kernel is cut from the centre of the largest (as in OFA). The active size is set by the supernet
+before the forward pass (`set_active`), so `forward` does no bookkeeping of its own. When the active size is
+the full size, the parameter itself is used: no slice, hence no slice-backward that scatters into a zero
+tensor of the full size. Every dynamic layer can hand back its static twin (`to_static`) with copied weights.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import get_act_layer
+
+# Our YAML names -> timm's activation names.
+_TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard_swish", "gelu": "gelu"}
+
+
+def act_layer(name: str) -> Callable[..., nn.Module]:
+    """Activation class looked up by name (timm's registry)."""
+    if name not in _TIMM_ACT:
+        raise ValueError(f"unknown activation {name!r}; allowed: {sorted(_TIMM_ACT)}")
+    return get_act_layer(_TIMM_ACT[name])
+
+
+class DynamicConv2d(nn.Module):
+    """Conv with elastic in/out channels and, for depthwise convs, an elastic kernel cut from the centre."""
+
+    def __init__(
+        self,
+        max_in_chs: int,
+        max_out_chs: int,
+        kernel_sizes: tuple[int, ...] | int = 1,
+        stride: int = 1,
+        depthwise: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel_sizes = tuple(sorted({kernel_sizes} if isinstance(kernel_sizes, int) else set(kernel_sizes)))
+        self.max_kernel = self.kernel_sizes[-1]
+        if depthwise and max_in_chs != max_out_chs:
+            raise ValueError("a depthwise conv needs max_in_chs == max_out_chs")
+        self.max_in_chs = max_in_chs
+        self.max_out_chs = max_out_chs
+        self.stride = stride
+        self.depthwise = depthwise
+        in_per_group = 1 if depthwise else max_in_chs
+        self.weight = nn.Parameter(torch.empty(max_out_chs, in_per_group, self.max_kernel, self.max_kernel))
+        self.bias = nn.Parameter(torch.zeros(max_out_chs)) if bias else None
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        self.set_active(max_in_chs, max_out_chs, self.max_kernel)
+
+    def set_active(self, in_chs: int, out_chs: int, kernel_size: int | None = None) -> None:
+        kernel_size = self.max_kernel if kernel_size is None else kernel_size
+        if kernel_size not in self.kernel_sizes:
+            raise ValueError(f"kernel size {kernel_size} not in {self.kernel_sizes}")
+        if self.depthwise and in_chs != out_chs:
+            raise ValueError("a depthwise conv keeps its channel count")
+        self.in_chs, self.out_chs, self.kernel_size = in_chs, out_chs, kernel_size
+        self.padding = kernel_size // 2
+        self.groups = in_chs if self.depthwise else 1
+        self._full = (out_chs == self.max_out_chs and (self.depthwise or in_chs == self.max_in_chs)
+                      and kernel_size == self.max_kernel)
+
+    def active_weight(self) -> torch.Tensor:
+        if self._full:
+            return self.weight
+        w = self.weight[: self.out_chs] if self.depthwise else self.weight[: self.out_chs, : self.in_chs]
+        if self.kernel_size != self.max_kernel:
+            start = (self.max_kernel - self.kernel_size) // 2
+            end = start + self.kernel_size
+            w = w[:, :, start:end, start:end]
+        return w
+
+    def active_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self._full:
+            return self.bias
+        return self.bias[: self.out_chs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding, 1, self.groups)
+
+    @torch.no_grad()
+    def to_static(self) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_chs, self.out_chs, self.kernel_size, self.stride, self.padding,
+                         groups=self.groups, bias=self.bias is not None)
+        conv.to(self.weight.device, self.weight.dtype)
+        conv.weight.copy_(self.active_weight())
+        if self.bias is not None:
+            conv.bias.copy_(self.active_bias())
+        return conv
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the first `num_active` channels; affine params and running stats are sliced alike."""
+
+    def __init__(self, max_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__(max_features, eps=eps, momentum=momentum)
+        self.set_active(max_features)
+
+    def set_active(self, num_features: int) -> None:
+        self.active_features = num_features
+        self._full = num_features == self.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._full:
+            return super().forward(x)
+        c = self.active_features
+        use_batch_stats = self.training or self.running_mean is None
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
+                            use_batch_stats, factor, self.eps)
+
+    @torch.no_grad()
+    def to_static(self) -> nn.BatchNorm2d:
+        c = self.active_features
+        bn = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum).to(self.weight.device, self.weight.dtype)
+        bn.weight.copy_(self.weight[:c])
+        bn.bias.copy_(self.bias[:c])
+        bn.running_mean.copy_(self.running_mean[:c])
+        bn.running_var.copy_(self.running_var[:c])
+        bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn
+
+
+class DynamicLinear(nn.Module):
+    """Linear layer with elastic input features (the output, the class count, is fixed)."""
+
+    def __init__(self, max_in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.max_in_features = max_in_features
+        self.out_features = out_features
+        ref = nn.Linear(max_in_features, out_features, bias=bias)
+        self.weight = nn.Parameter(ref.weight.detach().clone())
+        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        self.set_active(max_in_features)
+
+    def set_active(self, in_features: int) -> None:
+        self.in_features = in_features
+        self._full = in_features == self.max_in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self._full else self.weight[:, : self.in_features]
+        return F.linear(x, w, self.bias)
+
+    @torch.no_grad()
+    def to_static(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin.to(self.weight.device, self.weight.dtype)
+        lin.weight.copy_(self.weight[:, : self.in_features])
+        if self.bias is not None:
+            lin.bias.copy_(self.bias)
+        return lin
+
+
+class DynamicSqueezeExcite(nn.Module):
+    """Squeeze-and-excite as in AttentiveNAS: mean pool, 1x1 reduce (+bias), ReLU, 1x1 expand (+bias), hard sigmoid."""
+
+    def __init__(self, max_chs: int, max_rd_chs: int) -> None:
+        super().__init__()
+        self.conv_reduce = DynamicConv2d(max_chs, max_rd_chs, 1, bias=True)
+        self.act = nn.ReLU(inplace=True)
+        self.conv_expand = DynamicConv2d(max_rd_chs, max_chs, 1, bias=True)
+        self.gate = nn.Hardsigmoid()
+
+    def set_active(self, chs: int, rd_chs: int) -> None:
+        self.conv_reduce.set_active(chs, rd_chs)
+        self.conv_expand.set_active(rd_chs, chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * self.gate(s)
+
+    def to_static(self) -> "SqueezeExcite":
+        se = SqueezeExcite(self.conv_reduce.in_chs, self.conv_reduce.out_chs)
+        se.conv_reduce = self.conv_reduce.to_static()
+        se.conv_expand = self.conv_expand.to_static()
+        return se
+
+
+class SqueezeExcite(nn.Module):
+    """Static twin of `DynamicSqueezeExcite`."""
+
+    def __init__(self, chs: int, rd_chs: int) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.act = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * self.gate(s)
+
+
+def drop_connect(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Drop whole residual branches per sample (stochastic depth), keep-probability rescaled.
+
+    The mask is drawn on the CPU from the supernet's own generator, so training randomness never touches
+    the global RNG and resumes reproduce exactly; it is only a batch-sized vector, so the copy is negligible.
+    """
+    keep = 1.0 - rate
+    mask = (torch.rand(x.shape[0], 1, 1, 1, generator=generator) < keep).to(x.device, x.dtype)
+    return x * mask / keep
+
+
+def dropout(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Dropout with an explicit generator (see `drop_connect`)."""
+    keep = 1.0 - rate
+    mask = (torch.rand(x.shape, generator=generator) < keep).to(x.device, x.dtype)
+    return x * mask / keep
