@@ -1,0 +1,324 @@
+"""Evolutionary and Pareto search (attentive.search) and the search.py command line."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import search as search_cli
+from attentive import Supernet, count_flops, count_flops_batch, load_space
+from attentive.checkpoint import save_atomic
+from attentive.export import load_subnet
+from attentive.search import (Objective, evolve, evolve_search, flops_range, hypervolume, non_dominated,
+                              pareto_search, repair)
+from attentive.space import Arch, space_from_dict
+
+
+# ---- a reduced space small enough to brute-force ----------------------------------------------------------------
+def _reduced_space():
+    d = load_space("tiny").to_dict()
+    d["name"] = "tiny_reduced"
+    d["stages"] = d["stages"][:4]
+    d["stages"][0].update(kernel_sizes=[3])
+    d["stages"][1].update(expand_ratios=[2, 4])
+    d["stages"][2].update(expand_ratios=[3, 6])
+    d["stages"][3].update(expand_ratios=[3, 6], depths=[1, 2])
+    return space_from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def brute():
+    """Every arch of the reduced space (294,912), its MFLOPs and a known score: each option of every gene adds a
+    fixed positive amount over the smaller options (more width, depth, kernel, expansion, resolution = better,
+    at a known FLOPs cost), so the optimum under a budget is a knapsack only brute force knows."""
+    space = _reduced_space()
+    sizes = np.array(space.gene_sizes())
+    every = np.stack(np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
+    rng = np.random.default_rng(7)
+    tables = [np.concatenate([[0.0], np.cumsum(rng.random(n - 1))]) for n in sizes]
+
+    def score(idx):
+        return sum(t[idx[:, g]] for g, t in enumerate(tables))
+
+    return space, every, count_flops_batch(space, every), score(every), score
+
+
+@pytest.mark.parametrize("quantile", [5, 30, 60, 95])
+def test_evolve_reaches_brute_force_optimum(brute, quantile):
+    space, every, flops, scores, score = brute
+    budget = float(np.percentile(flops, quantile))
+    best = scores[flops <= budget].max()
+    arch, mflops, value = evolve(space, score, budget, seed=0, score_input="indices")
+    assert value == pytest.approx(best, abs=1e-9)
+    assert mflops <= budget
+    assert mflops == pytest.approx(count_flops(space, arch))
+    assert score(np.array([space.arch_to_indices(arch)]))[0] == pytest.approx(value)
+
+
+def test_evolve_is_deterministic_for_a_seed(brute):
+    space, _, flops, _, score = brute
+    budget = float(np.median(flops))
+    kw = dict(score_input="indices", generations=6, top_k=5)
+    a, b = evolve_search(space, score, budget, seed=3, **kw), evolve_search(space, score, budget, seed=3, **kw)
+    assert a.top == b.top and a.history == b.history and a.num_seen == b.num_seen
+    c = evolve_search(space, score, budget, seed=4, **kw)
+    assert c.history != a.history  # another seed is another run
+
+
+def test_score_fn_gets_archs_by_default(brute):
+    space, _, flops, _, score = brute
+    seen_types = set()
+
+    def arch_score(archs):
+        seen_types.update(type(a) for a in archs)
+        return score(np.array([space.arch_to_indices(a) for a in archs]))
+
+    arch, _, value = evolve(space, arch_score, float(np.median(flops)), generations=2)
+    assert seen_types == {Arch} and isinstance(arch, Arch)
+
+
+def test_never_over_budget_and_top_k_distinct(space):
+    rng = np.random.default_rng(0)
+    noise = rng.random(len(space.gene_sizes()))
+
+    def bigger_is_better(idx):  # pushes every child against the budget
+        return count_flops_batch(space, idx) + idx @ noise
+
+    lo, hi = flops_range(space)
+    for budget in (lo, lo + 0.1 * (hi - lo), 0.5 * (lo + hi)):
+        r = evolve_search(space, bigger_is_better, budget, seed=1, generations=3, population=32, top_k=8,
+                          score_input="indices")
+        assert all(c.mflops <= budget for c in r.top)
+        assert all(count_flops(space, c.arch) <= budget for c in r.top)
+        assert len({c.arch for c in r.top}) == len(r.top)
+        assert [c.score for c in r.top] == sorted((c.score for c in r.top), reverse=True)
+    # At the smallest budget only the min arch fits.
+    assert evolve(space, bigger_is_better, lo, score_input="indices", generations=1)[0] == space.min_arch()
+
+
+def test_repair_is_bounded_and_ends_at_min_arch(space):
+    rng = np.random.default_rng(0)
+    lo, hi = flops_range(space)
+    rows = np.concatenate([space.sample_indices(rng, 500), [space.arch_to_indices(space.max_arch())]])
+    budgets = lo + rng.random(len(rows)) * (hi - lo)
+    budgets[-1] = lo
+    fixed, flops = repair(space, rows, budgets, rng)
+    assert (flops <= budgets).all()
+    assert np.array_equal(flops, count_flops_batch(space, fixed))
+    assert (fixed <= rows).all()  # repair only shrinks
+    assert space.arch_from_indices(fixed[-1]) == space.min_arch()
+    with pytest.raises(ValueError, match="below the smallest subnet"):
+        repair(space, rows[:1], lo * 0.99, rng)
+
+
+def test_budget_errors_and_clamping():
+    space = load_space("tiny")
+    lo, hi = flops_range(space)
+    with pytest.raises(ValueError, match=f"below the smallest subnet.*{lo:.4g} MFLOPs"):
+        evolve(space, lambda a: np.zeros(len(a)), lo * 0.9)
+    for bad in (0, -1, float("nan"), float("inf"), "10"):
+        with pytest.raises(ValueError, match="positive number"):
+            evolve(space, lambda a: np.zeros(len(a)), bad)
+    # A budget above the largest subnet searches the whole space: a monotone score gets the max arch.
+    r = evolve_search(space, lambda idx: count_flops_batch(space, idx), hi * 10, generations=1,
+                      score_input="indices")
+    assert r.best.arch == space.max_arch() and r.max_mflops == pytest.approx(hi)
+
+
+def test_bad_options_and_scores_are_named():
+    space = load_space("tiny")
+    with pytest.raises(TypeError, match="unknown search option.*popsize.*allowed"):
+        evolve(space, lambda a: np.zeros(len(a)), 5, popsize=10)
+    with pytest.raises(ValueError, match="population must be an integer >= 4"):
+        evolve(space, lambda a: np.zeros(len(a)), 5, population=2)
+    with pytest.raises(ValueError, match="score_input must be one of"):
+        evolve(space, lambda a: np.zeros(len(a)), 5, score_input="dicts")
+    with pytest.raises(ValueError, match="one score per arch"):
+        evolve(space, lambda a: np.zeros(3), 5)
+    with pytest.raises(ValueError, match="non-finite score"):
+        evolve(space, lambda a: np.full(len(a), np.nan), 5)
+
+
+def test_objective_scores_each_arch_once():
+    space = load_space("tiny")
+    calls = []
+
+    def score(idx):
+        calls.append(len(idx))
+        return count_flops_batch(space, idx)
+
+    objective = Objective(space, score, "indices")
+    r1 = evolve_search(space, objective, 5, generations=5, score_input="indices")
+    r2 = evolve_search(space, objective, 5, generations=5, score_input="indices")  # same seed: all cached
+    assert sum(calls) == objective.num_scored == r1.num_scored and r2.num_scored == 0
+    assert r1.top == r2.top
+
+
+# ---- Pareto front -----------------------------------------------------------------------------------------------
+def test_non_dominated_and_hypervolume_by_hand():
+    f = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
+    s = np.array([1.0, 3.0, 2.0, 3.0, 5.0, 4.0])
+    assert non_dominated(f, s).tolist() == [0, 1, 4]
+    # Reference (6, 0): 1*(2-1) + 3*(4-2) + 5*(6-4) = 17.
+    assert hypervolume(f, s, (6.0, 0.0)) == pytest.approx(17.0)
+    assert hypervolume(f, s, (6.0, 10.0)) == 0.0
+
+
+def test_pareto_search_matches_brute_force_front(brute):
+    space, every, flops, scores, score = brute
+    reference = (float(flops.max()), float(scores.min()))
+    true = non_dominated(flops, scores)
+    true_hv = hypervolume(flops[true], scores[true], reference)
+    result = pareto_search(space, score, seed=0, score_input="indices", reference_score=reference[1])
+    assert result.reference == reference
+    assert result.hypervolume >= 0.995 * true_hv
+    front_f = np.array([c.mflops for c in result.front])
+    front_s = np.array([c.score for c in result.front])
+    assert np.all(np.diff(front_f) > 0) and np.all(np.diff(front_s) > 0)  # sorted and non-dominated
+    assert front_f[0] == pytest.approx(flops.min()) and front_s[-1] == pytest.approx(scores.max())
+    again = pareto_search(space, score, seed=0, score_input="indices", reference_score=reference[1])
+    assert again.front == result.front and again.hypervolume == result.hypervolume
+
+
+# ---- search.py --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained tiny supernet in the training-checkpoint format, on synthetic data, without a predictor.
+    The last BN of each block gets random weights so that blocks are not identities."""
+    root = tmp_path_factory.mktemp("ckpt")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        supernet = Supernet("tiny")
+        for block in supernet.blocks:
+            torch.nn.init.normal_(block.bn3.weight, 0.0, 0.5)
+    config = {"data": {"name": "synthetic", "root": str(root / "data"), "holdout_fraction": 0.25, "split_seed": 0,
+                       "image_size": None, "augment": "basic", "batch_size": 16, "synthetic_num_train": 128,
+                       "synthetic_num_test": 64}}
+    path = root / "last.pt"
+    save_atomic({"model": supernet.state_dict(), "space": supernet.space.to_dict(),
+                 "space_hash": supernet.space.hash, "num_classes": 10, "config": config, "epoch": 0,
+                 "step": 0, "predictor": None}, path)
+    return path
+
+
+def _stand_in(space):
+    """Vectorized stand-in accuracy: log-FLOPs plus a fixed per-gene bonus."""
+    bonus = np.random.default_rng(0).random(len(space.gene_sizes())) * 0.1
+
+    def score(idx):
+        return 50 + 5 * np.log(count_flops_batch(space, idx)) + idx @ bonus
+
+    return score
+
+
+def _args(*argv):
+    return search_cli.build_parser().parse_args([str(a) for a in argv])
+
+
+def test_cli_end_to_end(checkpoint, tmp_path):
+    space = load_space("tiny")
+    lo, hi = flops_range(space)
+    out = tmp_path / "out"
+    budgets = [2, 5, 100]
+    args = _args("--checkpoint", checkpoint, "--budgets", ",".join(map(str, budgets)), "--out", out,
+                 "--calib-batches", 2, "--top-k", 3, "--front-measure", 4, "--no-onnx", "--no-progress",
+                 "--generations", 6, "--population", 64)
+    summary = search_cli.run(args, score_fn=_stand_in(space), score_input="indices")
+
+    rows = json.loads((out / "pareto.json").read_text())["rows"]
+    csv_lines = (out / "pareto.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("id,mflops,mparams,predicted,holdout_top1")
+    assert (out / "pareto.png").stat().st_size > 10_000
+    roles = {role for r in rows for role in r["roles"]}
+    assert {"min", "max", "top1@2", "top3@5", "front"} <= roles
+    assert any(r["on_front"] for r in rows) and any(r["on_predicted_front"] for r in rows)
+    # Every measured arch has a held-out top-1; only exported ones have a test top-1.
+    for r in rows:
+        assert (r["holdout_top1"] is not None) == bool(r["roles"])
+        assert (r["test_top1"] is not None) == bool(r["exported_for_mflops"])
+
+    for b in budgets:
+        d = out / f"subnet_{b:g}mflops"
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["mflops"] <= b and metrics["fvcore_mflops"] <= b
+        assert metrics["fvcore_mflops"] == pytest.approx(metrics["mflops"])
+        assert 0 <= metrics["test_top1"] <= 100 and 0 <= metrics["holdout_top1"] <= 100
+        assert metrics["budget_mflops"] == b and metrics["space_hash"] == space.hash
+        # The exported arch is the best held-out candidate of its budget's top-K.
+        candidates = [r for r in rows if f"top1@{b:g}" in r["roles"] or f"top2@{b:g}" in r["roles"]
+                      or f"top3@{b:g}" in r["roles"]]
+        exported = [r for r in candidates if b in r["exported_for_mflops"]]
+        assert len(exported) == 1
+        assert exported[0]["holdout_top1"] == max(r["holdout_top1"] for r in candidates)
+        assert json.loads((d / "arch.json").read_text()) == exported[0]["arch"]
+        net = load_subnet(d)
+        assert net(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
+        assert summary["budgets"][f"{b:g}"]["test_top1"] == metrics["test_top1"]
+    assert summary["budgets"]["100"]["search"]["clamped_to_mflops"] == pytest.approx(hi)
+    assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind
+
+
+def test_cli_export_arch(checkpoint, tmp_path):
+    space = load_space("tiny")
+    arch = space.sample(np.random.default_rng(1))
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(arch.to_json())
+    mflops = count_flops(space, arch)
+    out = tmp_path / "one"
+    assert search_cli.main(["--checkpoint", str(checkpoint), "--export-arch", str(arch_file), "--max-mflops",
+                            f"{mflops + 0.01}", "--out", str(out), "--calib-batches", "1", "--no-onnx"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert Arch.from_dict(metrics["arch"]) == arch and metrics["mflops"] == pytest.approx(mflops)
+
+
+def _usage_error(capsys, argv, *fragments):
+    assert search_cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_cli_usage_errors(checkpoint, tmp_path, capsys):
+    space = load_space("tiny")
+    lo, _ = flops_range(space)
+    out = tmp_path / "out"
+    base = ["--checkpoint", checkpoint, "--out", out]
+    _usage_error(capsys, [*base, "--budgets", "0.5,5"], "below the smallest subnet", f"{lo:.4g} MFLOPs")
+    _usage_error(capsys, [*base, "--budgets", "5,abc"], "'abc' is not a number")
+    _usage_error(capsys, [*base, "--budgets", "5"], "stores no accuracy predictor", "--predictor", "--proxy")
+    _usage_error(capsys, ["--checkpoint", tmp_path / "missing.pt", "--out", out, "--budgets", "5"],
+                 "checkpoint not found")
+    _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of --space attentivenas")
+    big = tmp_path / "big.json"
+    big.write_text(space.max_arch().to_json())
+    _usage_error(capsys, [*base, "--export-arch", big, "--max-mflops", 5], "14.99 MFLOPs, over --max-mflops 5")
+    _usage_error(capsys, [*base, "--export-arch", big], "needs --max-mflops")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**space.max_arch().to_dict(), "resolution": 32}))
+    _usage_error(capsys, [*base, "--export-arch", bad, "--max-mflops", 50], "resolution 32 not allowed")
+    out.mkdir()
+    _usage_error(capsys, [*base, "--budgets", "5"], "already exists", "--force")
+    with pytest.raises(SystemExit) as e:  # argparse's own errors exit 2 as well
+        search_cli.main(["--checkpoint", str(checkpoint)])
+    assert e.value.code == 2
+
+
+def test_cli_with_saved_predictor(checkpoint, tmp_path, capsys):
+    xgb = pytest.importorskip("predictors.xgb")
+    space = load_space("tiny")
+    idx = space.sample_indices(np.random.default_rng(0), 200)
+    predictor = xgb.AccuracyPredictor.fit(space, idx, _stand_in(space)(idx), params={"n_estimators": 50})
+    predictor.save(tmp_path / "pred")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", checkpoint, "--budgets", "3", "--out", out, "--predictor", tmp_path / "pred",
+            "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 2, "--population", 32,
+            "--no-onnx", "--no-progress"]
+    assert search_cli.main([str(a) for a in argv]) == 0
+    assert json.loads((out / "subnet_3mflops" / "metrics.json").read_text())["mflops"] <= 3
+    # A predictor of another space is refused with exit status 2.
+    other = load_space("attentivenas")
+    oidx = other.sample_indices(np.random.default_rng(0), 20)
+    xgb.AccuracyPredictor.fit(other, oidx, np.arange(20.0), params={"n_estimators": 5}).save(tmp_path / "other")
+    argv[argv.index(tmp_path / "pred")] = tmp_path / "other"
+    _usage_error(capsys, [*argv, "--force"], "--predictor", "space")
