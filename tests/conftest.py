@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+import attentive
+
+# The published AttentiveNAS models and their rounded MFLOPs (paper, Table 1 / model zoo).
+ATTENTIVENAS_MODELS = {
+    "A0": (203, 192, [16, 16, 24, 32, 64, 112, 192, 216, 1792], [1, 3, 3, 3, 3, 3, 1], [3, 3, 3, 3, 3, 3, 3], [1, 4, 4, 4, 4, 6, 6]),
+    "A1": (279, 224, [16, 16, 24, 32, 64, 112, 192, 216, 1984], [1, 3, 3, 3, 3, 3, 1], [3, 3, 3, 5, 3, 5, 3], [1, 4, 4, 4, 4, 6, 6]),
+    "A2": (317, 224, [16, 16, 24, 32, 64, 112, 200, 224, 1984], [1, 3, 3, 3, 3, 4, 1], [3, 3, 3, 3, 3, 5, 3], [1, 4, 5, 4, 4, 6, 6]),
+    "A3": (357, 224, [16, 16, 24, 32, 64, 112, 208, 224, 1984], [2, 3, 3, 4, 3, 5, 1], [3, 3, 3, 5, 3, 3, 3], [1, 4, 4, 4, 4, 6, 6]),
+    "A4": (444, 256, [16, 16, 24, 32, 64, 112, 192, 216, 1984], [1, 3, 3, 4, 3, 5, 1], [3, 3, 3, 5, 3, 5, 3], [1, 4, 4, 5, 4, 6, 6]),
+    "A5": (491, 256, [16, 16, 24, 32, 72, 112, 192, 216, 1792], [1, 3, 3, 3, 4, 6, 1], [3, 3, 3, 5, 3, 3, 3], [1, 4, 5, 4, 4, 6, 6]),
+    "A6": (709, 288, [16, 16, 24, 32, 64, 112, 216, 224, 1984], [1, 3, 3, 4, 4, 6, 1], [3, 3, 3, 3, 3, 5, 3], [1, 4, 6, 5, 4, 6, 6]),
+}
+
+
+def attentivenas_arch(name: str) -> dict:
+    _, r, w, d, k, e = ATTENTIVENAS_MODELS[name]
+    return {"resolution": r, "width": w, "depth": d, "kernel_size": k, "expand_ratio": e}
+
+
+@pytest.fixture(scope="session", params=["tiny", "attentivenas"])
+def space(request):
+    return attentive.load_space(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+    yield
