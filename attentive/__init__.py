@@ -9,3 +9,4 @@ __all__ = [
     "count_params", "count_params_batch", "encode", "load_space",
 ]
 __version__ = "0.1.0"
+from .export import load_subnet; __all__.append("load_subnet")  # noqa: E402,E702
