@@ -1,0 +1,42 @@
+"""Ranking and regression metrics of predicted vs measured accuracy (held-out archs)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+
+def top_fraction_overlap(predicted: np.ndarray, true: np.ndarray, fraction: float = 0.1) -> float:
+    """Share of the true top-`fraction` archs that are also in the predicted top-`fraction` (at least one arch)."""
+    predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    k = max(1, math.ceil(fraction * len(true)))
+    top_true = set(np.argsort(-true, kind="stable")[:k].tolist())
+    top_pred = set(np.argsort(-predicted, kind="stable")[:k].tolist())
+    return len(top_true & top_pred) / k
+
+
+def _finite_or_nan(x: float) -> float:
+    return float(x) if np.isfinite(x) else float("nan")
+
+
+def rank_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Kendall tau, Spearman rho and top-10% overlap (NaN when undefined, e.g. constant input)."""
+    predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if predicted.shape != true.shape or predicted.ndim != 1:
+        raise ValueError(f"predicted and true must be 1-D arrays of equal length, got {predicted.shape} and {true.shape}")
+    if len(true) < 2:
+        raise ValueError(f"rank metrics need at least 2 archs, got {len(true)}")
+    constant = np.ptp(predicted) == 0 or np.ptp(true) == 0  # scipy warns and returns NaN; say so quietly
+    return {
+        "kendall_tau": float("nan") if constant else _finite_or_nan(kendalltau(predicted, true).statistic),
+        "spearman_rho": float("nan") if constant else _finite_or_nan(spearmanr(predicted, true).statistic),
+        "top10_overlap": top_fraction_overlap(predicted, true, 0.1),
+    }
+
+
+def regression_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """`rank_metrics` plus RMSE (accuracy points)."""
+    out = rank_metrics(predicted, true)
+    out["rmse"] = float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - np.asarray(true, np.float64)) ** 2)))
+    return out

@@ -1,0 +1,219 @@
+"""XGBoost regressor of top-1 accuracy from arch features, saved in XGBoost's own JSON format (never pickle).
+
+A predictor is bound to its space (content hash) and to `FEATURE_VERSION`; `load` / `from_state` refuse any
+other, saying which one differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xgboost as xgb
+
+from attentive.space import SearchSpace
+
+from .features import FEATURE_VERSION, ArchBatch, feature_names, features
+from .io import write_bytes_atomic, write_json_atomic
+from .metrics import regression_metrics
+
+FORMAT = "attentive.accuracy_predictor"
+FORMAT_VERSION = 1
+MODEL_FILE, META_FILE = "model.json", "meta.json"
+
+# Chosen by `tune_params` (5-fold CV, mean held-out Kendall tau) once on measured data; see docs/PREDICTORS.md
+# and the comment below for the measurement. `n_estimators` is the number of boosting rounds.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_estimators": 400,
+    "max_depth": 4,
+    "learning_rate": 0.05,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "min_child_weight": 1.0,
+    "reg_lambda": 1.0,
+}
+# The grid `tune_params` searches by default (and the one the defaults above were chosen from).
+DEFAULT_GRID: dict[str, list] = {
+    "n_estimators": [200, 400, 800],
+    "max_depth": [2, 3, 4, 6],
+    "learning_rate": [0.03, 0.1],
+    "subsample": [0.8],
+    "colsample_bytree": [0.5, 0.8, 1.0],
+    "min_child_weight": [1.0, 3.0],
+}
+_ALLOWED_PARAMS = {"n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree",
+                   "min_child_weight", "reg_lambda", "reg_alpha", "gamma"}
+
+
+def _booster_params(params: dict[str, Any], seed: int) -> tuple[dict[str, Any], int]:
+    unknown = sorted(set(params) - _ALLOWED_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown predictor parameter(s) {unknown}; allowed: {sorted(_ALLOWED_PARAMS)}")
+    p = dict(params)
+    rounds = int(p.pop("n_estimators"))
+    if rounds < 1:
+        raise ValueError(f"n_estimators must be >= 1, got {rounds}")
+    p["eta"] = p.pop("learning_rate")
+    p.update(objective="reg:squarederror", tree_method="hist", seed=int(seed))
+    return p, rounds
+
+
+def _train_booster(x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> xgb.Booster:
+    booster_params, rounds = _booster_params(params, seed)
+    return xgb.train(booster_params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+
+
+def _check_targets(top1: Any, n: int) -> np.ndarray:
+    y = np.asarray(top1, dtype=np.float64)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"top1 must be a 1-D sequence with one accuracy per arch ({n}), got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"top1 has non-finite values at positions {np.flatnonzero(~np.isfinite(y))[:5].tolist()}")
+    return y
+
+
+class AccuracyPredictor:
+    """`AccuracyPredictor.fit(space, archs, top1)` then `.predict(archs)` (top-1 %, vectorized)."""
+
+    def __init__(self, booster: xgb.Booster, space: SearchSpace, meta: dict[str, Any]) -> None:
+        self.booster = booster
+        self.space = space
+        self.meta = meta
+
+    # ---- fitting and predicting ----------------------------------------------------------------------
+    @classmethod
+    def fit(cls, space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray, seed: int = 0,
+            params: dict[str, Any] | None = None) -> "AccuracyPredictor":
+        """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key."""
+        x = features(space, archs)
+        y = _check_targets(top1, len(x))
+        if len(x) < 2:
+            raise ValueError(f"need at least 2 measured archs to fit a predictor, got {len(x)}")
+        params = {**DEFAULT_PARAMS, **(params or {})}
+        start = time.perf_counter()
+        booster = _train_booster(x, y, params, seed)
+        fit_seconds = time.perf_counter() - start
+        train_metrics = regression_metrics(booster.inplace_predict(x), y)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "space_name": space.name,
+            "space_hash": space.hash,
+            "feature_version": FEATURE_VERSION,
+            "feature_names": feature_names(space),
+            "target": "top-1 accuracy (%) on the held-out split of the training set",
+            "num_archs": len(x),
+            "seed": int(seed),
+            "params": params,
+            "xgboost_version": xgb.__version__,
+            "metrics": {"train": train_metrics, "fit_seconds": fit_seconds},
+        }
+        return cls(booster, space, meta)
+
+    def predict(self, archs: ArchBatch) -> np.ndarray:
+        """Predicted top-1 (%) per arch, float64. A gene-index array (space.sample_indices) is the fast path."""
+        x = features(self.space, archs)
+        if len(x) == 0:
+            return np.zeros(0)
+        return self.booster.inplace_predict(x).astype(np.float64)
+
+    __call__ = predict  # usable directly as a search score function
+
+    @property
+    def num_archs(self) -> int:
+        return int(self.meta["num_archs"])
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def _model_bytes(self) -> bytes:
+        return bytes(self.booster.save_raw(raw_format="json"))
+
+    def save(self, directory: str | Path) -> None:
+        """Write `model.json` (XGBoost JSON) and `meta.json`, each atomically. The metadata records the model
+        file's hash, so a pair torn by a crash between the two writes is refused on load."""
+        directory = Path(directory)
+        model = self._model_bytes()
+        write_bytes_atomic(directory / MODEL_FILE, model)
+        write_json_atomic(directory / META_FILE, {**self.meta, "model_sha256": hashlib.sha256(model).hexdigest()})
+
+    @classmethod
+    def load(cls, directory: str | Path, space: SearchSpace) -> "AccuracyPredictor":
+        directory = Path(directory)
+        model_path, meta_path = directory / MODEL_FILE, directory / META_FILE
+        for p in (model_path, meta_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"predictor file not found: {p} (a predictor directory holds "
+                                        f"{MODEL_FILE} and {META_FILE})")
+        meta = json.loads(meta_path.read_text())
+        model = model_path.read_bytes()
+        _check_meta(meta, space, where=str(directory))
+        if meta.get("model_sha256") != hashlib.sha256(model).hexdigest():
+            raise ValueError(f"{model_path} does not match {meta_path} (interrupted save or mixed files); "
+                             f"save the predictor again")
+        return cls(_booster_from_bytes(model), space, meta)
+
+    def to_state(self) -> dict[str, str]:
+        """Strings only (the XGBoost JSON model and the metadata JSON): safe in a weights_only checkpoint."""
+        return {"format": FORMAT, "meta_json": json.dumps(self.meta, sort_keys=True),
+                "model_json": self._model_bytes().decode()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, str], space: SearchSpace) -> "AccuracyPredictor":
+        if not isinstance(state, dict) or state.get("format") != FORMAT or not {"meta_json", "model_json"} <= set(state):
+            raise ValueError(f"not an AccuracyPredictor state: expected a dict with format '{FORMAT}', "
+                             f"'meta_json' and 'model_json'")
+        meta = json.loads(state["meta_json"])
+        _check_meta(meta, space, where="predictor state")
+        return cls(_booster_from_bytes(state["model_json"].encode()), space, meta)
+
+
+def _booster_from_bytes(model: bytes) -> xgb.Booster:
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model))
+    return booster
+
+
+def _check_meta(meta: Any, space: SearchSpace, where: str) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{where}: not an attentive accuracy predictor (metadata format must be '{FORMAT}')")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{where}: predictor format version {meta.get('format_version')}; this code reads "
+                         f"version {FORMAT_VERSION}")
+    if meta.get("space_hash") != space.hash:
+        raise ValueError(f"{where}: predictor was fit for space '{meta.get('space_name')}' (hash "
+                         f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
+    if meta.get("feature_version") != FEATURE_VERSION:
+        raise ValueError(f"{where}: predictor uses feature version {meta.get('feature_version')}, this code "
+                         f"computes feature version {FEATURE_VERSION}; refit it (python -m predictors.retrain)")
+
+
+# ---- hyperparameter selection --------------------------------------------------------------------------
+def tune_params(space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray,
+                grid: dict[str, list] | None = None, folds: int = 5, seed: int = 0,
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """K-fold CV over the product of `grid` (default `DEFAULT_GRID`); picks the highest mean held-out Kendall
+    tau (ties: lower RMSE). Returns (best params, one row per candidate with its mean metrics)."""
+    x = features(space, archs)
+    y = _check_targets(top1, len(x))
+    if folds < 2 or len(x) < 2 * folds:
+        raise ValueError(f"{folds}-fold CV needs folds >= 2 and at least {2 * folds} archs, got {len(x)}")
+    grid = DEFAULT_GRID if grid is None else grid
+    order = np.random.default_rng(seed).permutation(len(x))
+    fold_ids = np.array_split(order, folds)
+    rows = []
+    keys = sorted(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = {**DEFAULT_PARAMS, **dict(zip(keys, values))}
+        taus, rmses = [], []
+        for test in fold_ids:
+            train = np.setdiff1d(order, test)
+            booster = _train_booster(x[train], y[train], params, seed)
+            m = regression_metrics(booster.inplace_predict(x[test]), y[test])
+            taus.append(m["kendall_tau"])
+            rmses.append(m["rmse"])
+        rows.append({"params": params, "kendall_tau": float(np.nanmean(taus)), "rmse": float(np.mean(rmses))})
+    best = max(rows, key=lambda r: (r["kendall_tau"], -r["rmse"]))
+    return best["params"], rows
