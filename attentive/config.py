@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "sched": {
         "epochs": 360,
-        "warmup_epochs": 5,  # linear warm-up from warmup_lr_init, then cosine to min_lr (timm, per step)
+        "warmup_epochs": 5.0,  # (fractions allowed) linear warm-up from warmup_lr_init, then cosine to min_lr (timm, per step)
         "warmup_lr_init": 0.0,
         "min_lr": 0.0,
     },
@@ -108,7 +108,7 @@ CHOICES: dict[str, tuple] = {
     "sampler.scorer": ("predictor", "loss"),
 }
 
-# Types of keys whose default is null (the default's own type is used for the others).
+# Keys that may be null, with the type of their other values (the default's own type is used for the others).
 NULLABLE_TYPES: dict[str, type] = {
     "resume": str,
     "num_threads": int,
@@ -227,7 +227,7 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; allowed: {shown}")
         return value
     if value is None:
-        if default is None:
+        if default is None or key in NULLABLE_TYPES:
             return None
         raise ConfigError(f"config key '{key}' cannot be null (default {default!r})")
     expected = NULLABLE_TYPES.get(key, type(default))

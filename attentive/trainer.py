@@ -172,7 +172,7 @@ class Trainer:
         from timm.scheduler import CosineLRScheduler
 
         total = sc["epochs"] * self.steps_per_epoch
-        warmup = sc["warmup_epochs"] * self.steps_per_epoch
+        warmup = int(round(sc["warmup_epochs"] * self.steps_per_epoch))
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=max(1, total - warmup), lr_min=sc["min_lr"], warmup_t=warmup,
             warmup_lr_init=sc["warmup_lr_init"], warmup_prefix=True, t_in_epochs=False)
@@ -191,6 +191,7 @@ class Trainer:
         self.global_step = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
+        self._epoch_sums, self._epoch_count = [0.0, 0.0], 0
         self.metrics: MetricsLogger | None = None
         kill = os.environ.get(KILL_AT_STEP_ENV)
         self._kill_at_step = int(kill) if kill else None
@@ -322,8 +323,8 @@ class Trainer:
         self.epoch, self.batch_in_epoch = epoch, start_batch
         set_loader_epoch(self.train_loader, epoch, skip_batches=start_batch)
         ck, lg = self.cfg["checkpoint"], self.cfg["log"]
-        sums = np.zeros(2)
-        count = 0
+        if start_batch == 0:  # the epoch's running loss sums travel in checkpoints: same epoch log after resume
+            self._epoch_sums, self._epoch_count = [0.0, 0.0], 0
         window_images, window_start = 0, time.perf_counter()
         epoch_start = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch}", unit="step",
@@ -337,8 +338,8 @@ class Trainer:
                 self.batch_in_epoch = batch_idx + 1
                 self.train_seconds += time.perf_counter() - step_start
                 kd = float(np.mean(out.losses[1:]))
-                sums += (out.losses[0], kd)
-                count += 1
+                self._epoch_sums = [self._epoch_sums[0] + out.losses[0], self._epoch_sums[1] + kd]
+                self._epoch_count += 1
                 window_images += images.shape[0] * self.env.world_size
                 bar.update(1)
                 if self.global_step % lg["every_steps"] == 0 or self.batch_in_epoch == self.steps_per_epoch:
@@ -356,8 +357,9 @@ class Trainer:
                     os.kill(os.getpid(), signal.SIGKILL)
         finally:
             bar.close()
-        means = sums / max(count, 1)
-        return {"loss_max": float(means[0]), "loss_kd": float(means[1]), "steps": count,
+        count = max(self._epoch_count, 1)
+        return {"loss_max": self._epoch_sums[0] / count, "loss_kd": self._epoch_sums[1] / count,
+                "steps": self._epoch_count,
                 "seconds": time.perf_counter() - epoch_start}
 
     # ------------------------------------------------------------------------------------------------------
@@ -486,6 +488,7 @@ class Trainer:
             "predictor": self.predictor.to_state() if self.predictor is not None else None,
             "predictor_source": self.predictor_source,
             "train_seconds": self.train_seconds,
+            "epoch_loss_sums": {"sums": self._epoch_sums, "count": self._epoch_count},
             "last_eval": self.last_eval,
         }
 
@@ -549,6 +552,9 @@ class Trainer:
         self.global_step = self.epoch * self.steps_per_epoch + self.batch_in_epoch
         self.scheduler.step_update(self.global_step)
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        if self.batch_in_epoch and "epoch_loss_sums" in ckpt:
+            self._epoch_sums = [float(v) for v in ckpt["epoch_loss_sums"]["sums"]]
+            self._epoch_count = int(ckpt["epoch_loss_sums"]["count"])
         self.last_eval = dict(ckpt.get("last_eval") or {})
         self.log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch,
                       self.global_step)

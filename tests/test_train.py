@@ -1,0 +1,216 @@
+"""Training: the sandwich step, samplers and scorers, checkpoints, exact resume after SIGKILL, NaN stop, logs.
+
+Everything runs the tiny space on small synthetic data (configs/train/smoke.yaml with fewer steps)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import attentive.trainer as trainer_mod
+import train
+from attentive.checkpoint import load_supernet
+from attentive.config import load_config
+from attentive.data import set_loader_epoch
+from attentive.trainer import KILL_AT_STEP_ENV, CheckpointMismatchError, Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "train" / "smoke.yaml"
+# 3 epochs x 4 steps; predictor fitted after epoch 1 and refreshed after epoch 2; last.pt every 3 steps.
+RUN_ARGS = ["train.max_steps_per_epoch=4", "checkpoint.every_steps=3", "log.tensorboard=true"]
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(SMOKE, [f"output_dir={tmp_path}", *RUN_ARGS, *overrides])
+
+
+def _run_cli(out_dir, *extra, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(SMOKE), f"output_dir={out_dir}", *RUN_ARGS, *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _first_batch(trainer, epoch=0):
+    set_loader_epoch(trainer.train_loader, epoch)
+    return next(iter(trainer.train_loader))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Batches of 16 tiny images gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
+    # competing with other processes make each op many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = _run_cli(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+# ---- one step --------------------------------------------------------------------------------------------
+def test_sandwich_step_order_clip_and_update(tmp_path):
+    t = Trainer(_cfg(tmp_path, "train.num_subnets=4", "sampler.name=uniform", "train.clip_grad_value=0.01",
+                        "sched.warmup_epochs=0"))
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    images, labels = _first_batch(t)
+    out = t.train_step(images, labels)
+    assert len(out.archs) == 4 and len(out.losses) == 4
+    assert out.archs[0] == t.space.max_arch() and out.archs[-1] == t.space.min_arch()
+    assert all(np.isfinite(out.losses)) and t.global_step == 1
+    assert t.model.dropout_rate == 0 and all(b.drop_connect_rate == 0 for b in t.model.blocks)  # max-only regularization
+    assert max(p.grad.abs().max().item() for p in t.model.parameters()) <= 0.01 + 1e-9  # one clip by value
+    changed = [k for k, v in t.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("weight") for k in changed)
+
+
+def test_distillation_targets_are_the_largest_subnets_logits(tmp_path):
+    # Identical student and teacher logits give zero KL: the teacher is the detached max-subnet output.
+    logits = torch.randn(4, 10)
+    assert trainer_mod.distill_loss(logits, logits).abs().item() < 1e-6
+    assert trainer_mod.distill_loss(torch.zeros(4, 10), logits).item() > 0
+
+
+def test_bf16_autocast_step_runs_on_cpu(tmp_path):
+    t = Trainer(_cfg(tmp_path, "amp=bf16", "sampler.name=uniform", "channels_last=false"))
+    out = t.train_step(*_first_batch(t))
+    assert all(np.isfinite(out.losses))
+
+
+def test_loss_scorer_is_minus_minibatch_loss_without_side_effects(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.scorer=loss", "sampler.warmup_epochs=0"))
+    images, labels = t._to_device(*_first_batch(t))
+    archs = t.uniform_sampler.sample(3)
+    bn_before = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k or "num_batches" in k}
+    scores = t._loss_scorer(images, labels)(archs)
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in bn_before.items())
+    assert all(p.grad is None for p in t.model.parameters())
+    with torch.no_grad():
+        t.model.set_arch(archs[1])
+        expected = -t.criterion(t.model(images), labels).item()
+    assert scores.shape == (3,) and scores[1] == pytest.approx(expected, rel=1e-5)
+    # bestup keeps the candidate with the lowest loss: the chosen arch scores highest among what it saw.
+    assert t.attentive_active()
+    chosen = t.sample_middle(1, images, labels)
+    assert len(chosen) == 1 and chosen[0] != t.space.max_arch()
+
+
+def test_predictor_schedule(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sched.epochs=10", "sampler.warmup_epochs=2", "sampler.refresh_every=3"))
+    assert not t.attentive_active()  # uniform warm-up until the predictor exists
+    due = [e for e in range(1, 11) if t.predictor_due(e)]
+    assert due == [2]
+    t.predictor = object()  # fitted: now refreshes every 3 epochs, never after the last epoch
+    assert [e for e in range(1, 11) if t.predictor_due(e)] == [5, 8]
+    assert t.attentive_active()
+
+
+# ---- whole runs -------------------------------------------------------------------------------------------
+def test_run_writes_checkpoints_logs_and_report(finished_run):
+    files = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "last.pt", "metrics.jsonl", "final.json", "train.log", "tb", "predictor"} <= files
+    assert sorted(p.name for p in finished_run.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0003.pt"]  # keep: 2
+    report = json.loads((finished_run / "final.json").read_text())
+    assert report["epochs"] == 3 and report["steps"] == 12
+    assert set(report["holdout_top1"]) == {"max", "min", "mid0"} and set(report["test_top1"]) == {"max", "min"}
+    kinds = [json.loads(line)["kind"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("val") == 3 and kinds.count("predictor") == 2 and kinds[-1] == "final"
+    assert list((finished_run / "tb").iterdir())
+    measured = (finished_run / "predictor" / "measured_epoch_0001.jsonl").read_text().splitlines()
+    assert len(measured) == 6 and (finished_run / "predictor" / "epoch_0001" / "model.json").is_file()
+    # The checkpoint contract: load_supernet rebuilds the model, the config names the data split.
+    model, ckpt = load_supernet(finished_run / "last.pt")
+    assert ckpt["config"]["data"]["name"] == "synthetic" and "holdout_fraction" in ckpt["config"]["data"]
+    assert ckpt["epoch"] == 3 and ckpt["batch_in_epoch"] == 0 and ckpt["predictor"] is not None
+    assert torch.equal(model.state_dict()["classifier.weight"], ckpt["model"]["classifier.weight"])
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(finished_run, tmp_path):
+    out = tmp_path / "killed"
+    # Step 10 is batch 2 of epoch 2 (after a predictor fit and refresh); last.pt was written at step 9.
+    proc = _run_cli(out, env_extra={KILL_AT_STEP_ENV: "10"})
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (9, 2, 1)
+    proc = _run_cli(out, "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    a = torch.load(finished_run / "last.pt", weights_only=True)
+    b = torch.load(out / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["sampler"] == b["sampler"] and torch.equal(a["rng"]["supernet"], b["rng"]["supernet"])
+    # The log has no duplicate records from the steps redone after the kill.
+    def records(d):
+        return [(r["kind"], r["step"], r.get("loss_max")) for r in map(json.loads, (d / "metrics.jsonl").open())]
+    assert records(finished_run) == records(out)
+
+
+def test_resume_auto_skips_truncated_checkpoint(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").unlink()  # a hard link of epoch_0003.pt: write a torn copy instead
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    os.utime(run / "last.pt")
+    (run / "epoch_0003.pt").unlink()
+    t = Trainer(_cfg(run, "resume=auto"))
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint .*last.pt"):
+        t.setup()
+    assert (t.epoch, t.batch_in_epoch, t.global_step) == (2, 0, 8)
+    t.metrics.close()
+
+
+def test_checkpoint_of_another_space_is_refused(finished_run, tmp_path, capsys):
+    space = tmp_path / "other_space.yaml"
+    text = (ROOT / "configs" / "spaces" / "tiny.yaml").read_text().replace("widths: [256, 320]", "widths: [256, 384]")
+    space.write_text(text.replace("name: tiny", "name: tiny_wide_head"))
+    code = train.main(["-c", str(SMOKE), f"output_dir={tmp_path / 'x'}", f"space={space}",
+                       f"resume={finished_run / 'last.pt'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "was trained on space 'tiny'" in err and "tiny_wide_head" in err
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert train.main(["-c", str(SMOKE), f"output_dir={run}"]) == 2
+    assert "resume=auto" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_naming_step_and_arch(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = trainer_mod.distill_loss
+
+    def poisoned(student, teacher):  # the 4th step's first distilled subnet goes NaN
+        calls["n"] += 1
+        loss = real(student, teacher)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(trainer_mod, "distill_loss", poisoned)
+    code = train.main(["-c", str(SMOKE), f"output_dir={tmp_path}", "train.max_steps_per_epoch=6",
+                       "checkpoint.every_steps=2", "sampler.name=uniform", "log.tensorboard=false"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss nan at step 4" in err and "sampled #1 subnet" in err and '"resolution"' in err
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_channels_last_is_default_on_cpu(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform"))
+    assert t.channels_last
+    w = t.model.blocks[0].conv_dw.weight
+    assert w.is_contiguous(memory_format=torch.channels_last)
