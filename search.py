@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from attentive.checkpoint import load_supernet
 from attentive.data import build_datasets, build_loader, calibration_batches
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batch-size", type=int, default=None,
                    help="images per calibration batch (default: the checkpoint's data.batch_size, else 128)")
     p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--holdout-size", type=int, default=None,
+                   help="held-out images used to re-rank candidates (default: the whole held-out split); exported "
+                        "subnets are always measured on the whole held-out and test splits")
     p.add_argument("--data-root", help="dataset root (default: the checkpoint config's data.root)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -118,7 +122,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.budgets is not None and args.max_mflops is not None:
         raise UsageError("--max-mflops goes with --export-arch; with --budgets give the budgets only")
     for name in ("top_k", "front_measure", "population", "generations", "calib_batches", "calib_batch_size",
-                 "eval_batch_size", "proxy_batch_size"):
+                 "eval_batch_size", "proxy_batch_size", "holdout_size"):
         v = getattr(args, name)
         minimum = 0 if name in ("front_measure", "generations") else 1
         if v is not None and v < minimum:
@@ -470,12 +474,16 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
     to_measure = [r for r in rows.sorted() if r["roles"]]
 
     calib, holdout, test, channels_last = loaders(args, splits, data_cfg, device)
+    rerank_set = splits.holdout
+    if args.holdout_size is not None and args.holdout_size < len(splits.holdout):
+        rerank_set = Subset(splits.holdout, range(args.holdout_size))  # the split is a seeded random subset
+    rerank = build_loader(rerank_set, args.eval_batch_size, train=False)
     measure_start = time.perf_counter()
     for row in _progress(to_measure, progress, "held-out top-1"):
-        row["holdout_top1"] = evaluate_arch(supernet, Arch.from_dict(row["arch"]), calib, holdout, device,
+        row["holdout_top1"] = evaluate_arch(supernet, Arch.from_dict(row["arch"]), calib, rerank, device,
                                             channels_last)
     measure_seconds = time.perf_counter() - measure_start
-    log(f"measured {len(to_measure)} archs on the held-out split ({len(splits.holdout)} images) in "
+    log(f"measured {len(to_measure)} archs on the held-out split ({len(rerank_set)} images) in "
         f"{measure_seconds:.1f}s")
 
     # 3. Re-rank each budget's top-K by held-out top-1 (ties: predicted score, then fewer MFLOPs), export.
@@ -526,6 +534,8 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
                                "reference": list(ref)},
             "archs_scored_total": objective.num_scored, "objective_seconds": objective.seconds,
             "archs_measured": len(measured), "measure_seconds": measure_seconds,
+            "rerank_holdout_images": len(rerank_set), "holdout_images": len(splits.holdout),
+            "test_images": len(splits.test),
         })
         pareto = {"space_name": space.name, "space_hash": space.hash, "objective": objective_name,
                   "predicted_is_accuracy": is_accuracy, "columns": list(CSV_COLUMNS), "rows": table}
@@ -542,7 +552,7 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"{'budget':>8} {'MFLOPs':>8} {'fvcore':>8} {'Mparams':>8} {'pred':>7} {'held-out':>9} {'test':>7}  dir"]
     for b, s in summary["budgets"].items():
-        pred = "" if s["predicted"] is None else f"{s['predicted']:.2f}"
+        pred = "" if s["predicted"] is None else f"{s['predicted']:.4g}"
         lines.append(f"{b:>8} {s['mflops']:8.3f} {s['fvcore_mflops']:8.3f} {s['mparams']:8.3f} {pred:>7} "
                      f"{s['holdout_top1']:9.2f} {s['test_top1']:7.2f}  {s['dir']}")
     lines.append(f"predicted front hypervolume {summary['predicted_front']['hypervolume']:.4g}; measured front "

@@ -15,8 +15,12 @@ top of the population, children are mutants and crossovers of parents). `pareto_
 FLOPs bucket over the space's whole FLOPs range (MAP-Elites style), returning the non-dominated front of score
 against MFLOPs and its hypervolume.
 
-Defaults were chosen by measurement (bench/search_speed.py --tune): on the attentivenas space with an additive
-stand-in objective, the regret against a long reference run stops improving beyond these settings.
+Defaults were chosen by measurement (`python bench/search_speed.py --tune`, attentivenas space, an XGBoost
+predictor fit on synthetic data, options varied one at a time): with them the evolution's regret against a long
+reference run (population 1024, 120 generations) is 0 on 3 budgets x 3 seeds, in about 0.5 s per budget on
+2 cores (smaller populations or fewer generations leave regret; a parent ratio of 0.5 or a mutation ratio of
+0.75 too); the front search reaches 0.998 of the best hypervolume found by any run (population 1024 x 100
+generations: 0.9997).
 """
 from __future__ import annotations
 
@@ -87,10 +91,10 @@ class ParetoResult:
 class EvolutionOptions:
     """Options of `evolve` / `evolve_search` (pass them as keyword arguments)."""
 
-    population: int = 256
+    population: int = 512
     generations: int = 24
     parent_ratio: float = 0.25  # the top fraction of the population that breeds (and survives: elitism)
-    mutation_ratio: float = 0.5  # fraction of the population made of mutants; the rest after parents is crossover
+    mutation_ratio: float = 0.25  # fraction of the population made of mutants; the rest after parents is crossover
     mutate_prob: float = 0.1  # per-gene probability that a mutant's gene changes
     crossover_prob: float = 0.5  # per-gene probability that a crossover child takes the first parent's gene
     top_k: int = 1
@@ -118,10 +122,10 @@ class ParetoOptions:
 
     num_buckets: int = 32
     elites_per_bucket: int = 4
-    population: int = 256  # children per generation
-    generations: int = 32
+    population: int = 512  # children per generation
+    generations: int = 40
     mutation_ratio: float = 0.5  # fraction of children that are mutants; the rest are crossovers
-    shrink_ratio: float = 0.25  # fraction of children repaired to a random FLOPs target: reaches the low buckets
+    shrink_ratio: float = 0.5  # fraction of children repaired to a random FLOPs target: reaches the low buckets
     mutate_prob: float = 0.1
     crossover_prob: float = 0.5
     min_mflops: float | None = None  # FLOPs range of the front (default: the space's whole range)

@@ -223,7 +223,7 @@ def test_cli_end_to_end(checkpoint, tmp_path):
     budgets = [2, 5, 100]
     args = _args("--checkpoint", checkpoint, "--budgets", ",".join(map(str, budgets)), "--out", out,
                  "--calib-batches", 2, "--top-k", 3, "--front-measure", 4, "--no-onnx", "--no-progress",
-                 "--generations", 6, "--population", 64)
+                 "--generations", 6, "--population", 64, "--holdout-size", 24)
     summary = search_cli.run(args, score_fn=_stand_in(space), score_input="indices")
 
     rows = json.loads((out / "pareto.json").read_text())["rows"]
@@ -256,6 +256,7 @@ def test_cli_end_to_end(checkpoint, tmp_path):
         assert net(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
         assert summary["budgets"][f"{b:g}"]["test_top1"] == metrics["test_top1"]
     assert summary["budgets"]["100"]["search"]["clamped_to_mflops"] == pytest.approx(hi)
+    assert summary["rerank_holdout_images"] == 24 and summary["holdout_images"] == 32
     assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind
 
 
@@ -322,3 +323,15 @@ def test_cli_with_saved_predictor(checkpoint, tmp_path, capsys):
     xgb.AccuracyPredictor.fit(other, oidx, np.arange(20.0), params={"n_estimators": 5}).save(tmp_path / "other")
     argv[argv.index(tmp_path / "pred")] = tmp_path / "other"
     _usage_error(capsys, [*argv, "--force"], "--predictor", "space")
+
+
+def test_cli_training_free_proxy(checkpoint, tmp_path):
+    pytest.importorskip("predictors.proxies")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", checkpoint, "--budgets", "4", "--out", out, "--proxy", "grad_norm", "--proxy-nu", 1e6,
+            "--proxy-batch-size", 8, "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 1, "--population", 4,
+            "--no-onnx", "--no-progress"]
+    assert search_cli.main([str(a) for a in argv]) == 0
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["objective"].startswith("proxy grad_norm, NASI penalty mu=2 nu=1e+06")
+    assert json.loads((out / "subnet_4mflops" / "metrics.json").read_text())["mflops"] <= 4
