@@ -1,0 +1,341 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from attentive import Supernet, count_flops, count_flops_batch, load_space
+from attentive.checkpoint import save_atomic
+from attentive.data import build_datasets, build_loader, calibration_batches
+from predictors import collect
+from predictors.collect import measure_archs, read_rows, stratified_archs
+from predictors.features import FEATURE_VERSION, feature_names, features
+from predictors.metrics import regression_metrics, top_fraction_overlap
+from predictors.retrain import main as retrain_main, measurement_tag
+from predictors.xgb import AccuracyPredictor, tune_params
+
+FAST = {"n_estimators": 60}  # enough trees for the tests' synthetic targets, fast to fit
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # These nets are tiny: with 2 intra-op threads a busy 2-core machine spent 28x the CPU time spinning
+    # (grad_norm on 24 tiny-space archs: 28 s vs 1 s of CPU). Runs after conftest's thread fixture.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_space("tiny")
+
+
+@pytest.fixture(scope="module")
+def big():
+    return load_space("attentivenas")
+
+
+def _formula_top1(space, idx, rng, noise=0.2):
+    """A known accuracy-like function of FLOPs and depths, plus noise."""
+    x = features(space, idx)
+    depths = x[:, 1 + space.num_stages + 2:1 + 2 * space.num_stages + 2].sum(1)
+    return 70 + 4 * np.log(x[:, -2]) + 0.5 * depths + rng.normal(0, noise, len(x))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    rng = np.random.default_rng(0)
+    idx = tiny.sample_indices(rng, 300)
+    return AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), seed=0, params=FAST)
+
+
+# ---- features ---------------------------------------------------------------------------------------------
+def test_features_equal_for_index_arrays_arch_lists_and_dicts(tiny, big):
+    for space in (tiny, big):
+        idx = space.sample_indices(np.random.default_rng(1), 40)
+        archs = [space.arch_from_indices(row) for row in idx]
+        from_idx = features(space, idx)
+        np.testing.assert_array_equal(from_idx, features(space, archs))
+        np.testing.assert_array_equal(from_idx, features(space, [a.to_dict() for a in archs]))
+        assert from_idx.dtype == np.float32 and from_idx.shape == (40, len(feature_names(space)))
+        names = feature_names(space)
+        a = archs[3]
+        row = dict(zip(names, from_idx[3]))
+        assert row["resolution"] == a.resolution and row["width_head"] == a.width[-1]
+        assert row[f"depth_{space.stages[-1].name}"] == a.depth[-1]
+        assert row[f"expand_{space.stages[2].name}"] == pytest.approx(a.expand_ratio[2])
+        assert row["mflops"] == pytest.approx(count_flops(space, a), rel=1e-6)
+
+
+def test_features_refuse_bad_index_arrays(tiny):
+    idx = tiny.sample_indices(np.random.default_rng(0), 3)
+    with pytest.raises(ValueError, match=r"shape \(n, 27\)"):
+        features(tiny, idx[:, :-1])
+    with pytest.raises(ValueError, match="integers"):
+        features(tiny, idx.astype(float))
+    idx[1, 10] = 3  # gene 10, the depth of stage mb2, has 3 options
+    with pytest.raises(ValueError, match=r"row 1, gene 10: index 3 out of range \[0, 3\)"):
+        features(tiny, idx)
+    with pytest.raises(ValueError, match="resolution 32 not allowed"):
+        features(tiny, [{**tiny.min_arch().to_dict(), "resolution": 32}])
+
+
+# ---- the XGBoost predictor ---------------------------------------------------------------------------------
+def test_fit_on_known_formula_ranks_held_out_archs(tiny, fitted):
+    rng = np.random.default_rng(123)
+    held = tiny.sample_indices(rng, 200)
+    truth = _formula_top1(tiny, held, rng)
+    tau = kendalltau(fitted.predict(held), truth).statistic
+    assert tau > 0.8
+    assert fitted.meta["num_archs"] == 300 and fitted.meta["metrics"]["train"]["kendall_tau"] > tau - 0.1
+
+
+def test_fit_is_deterministic_for_a_seed(tiny):
+    rng = np.random.default_rng(0)
+    idx = tiny.sample_indices(rng, 60)
+    y = _formula_top1(tiny, idx, rng)
+    a = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST).predict(idx)
+    b = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST).predict(idx)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_save_load_and_state_round_trip_give_equal_predictions(tiny, fitted, tmp_path):
+    probe = tiny.sample_indices(np.random.default_rng(7), 500)
+    expected = fitted.predict(probe)
+    fitted.save(tmp_path)
+    model = json.loads((tmp_path / "model.json").read_text())
+    assert "learner" in model  # XGBoost's own JSON model format
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (meta["space_hash"], meta["feature_version"], meta["num_archs"]) == (tiny.hash, FEATURE_VERSION, 300)
+    np.testing.assert_array_equal(AccuracyPredictor.load(tmp_path, tiny).predict(probe), expected)
+    state = fitted.to_state()
+    assert all(isinstance(v, str) for v in state.values())
+    torch.save({"predictor": state}, tmp_path / "ckpt.pt")  # survives a weights_only checkpoint
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["predictor"]
+    np.testing.assert_array_equal(AccuracyPredictor.from_state(state, tiny).predict(probe), expected)
+    # Lists of archs and index arrays predict the same.
+    archs = [tiny.arch_from_indices(r) for r in probe[:20]]
+    np.testing.assert_array_equal(fitted.predict(archs), expected[:20])
+
+
+def test_load_refuses_other_space_other_feature_version_and_torn_pairs(tiny, big, fitted, tmp_path):
+    fitted.save(tmp_path)
+    with pytest.raises(ValueError, match=rf"fit for space 'tiny' \(hash {tiny.hash}\), not for space 'attentivenas'"):
+        AccuracyPredictor.load(tmp_path, big)
+    with pytest.raises(ValueError, match="not for space 'attentivenas'"):
+        AccuracyPredictor.from_state(fitted.to_state(), big)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "feature_version": FEATURE_VERSION + 1}))
+    with pytest.raises(ValueError, match=rf"feature version {FEATURE_VERSION + 1}, this code computes feature "
+                                         rf"version {FEATURE_VERSION}"):
+        AccuracyPredictor.load(tmp_path, tiny)
+    state = fitted.to_state()
+    state["meta_json"] = json.dumps({**json.loads(state["meta_json"]), "feature_version": 0})
+    with pytest.raises(ValueError, match="feature version 0"):
+        AccuracyPredictor.from_state(state, tiny)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    other = AccuracyPredictor.fit(tiny, tiny.sample_indices(np.random.default_rng(1), 10), np.arange(10.0),
+                                  params=FAST)
+    (tmp_path / "model.json").write_bytes(bytes(other.booster.save_raw(raw_format="json")))
+    with pytest.raises(ValueError, match="does not match"):
+        AccuracyPredictor.load(tmp_path, tiny)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        AccuracyPredictor.load(tmp_path / "nowhere", tiny)
+
+
+def test_fit_refuses_bad_targets_and_params(tiny):
+    idx = tiny.sample_indices(np.random.default_rng(0), 5)
+    with pytest.raises(ValueError, match=r"one accuracy per arch \(5\)"):
+        AccuracyPredictor.fit(tiny, idx, [1.0, 2.0])
+    with pytest.raises(ValueError, match="non-finite values at positions \\[2\\]"):
+        AccuracyPredictor.fit(tiny, idx, [1.0, 2.0, np.nan, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"unknown predictor parameter\(s\) \['depth'\]"):
+        AccuracyPredictor.fit(tiny, idx, np.arange(5.0), params={"depth": 3})
+
+
+def test_tune_params_picks_the_best_mean_cv_tau(tiny):
+    rng = np.random.default_rng(0)
+    idx = tiny.sample_indices(rng, 60)
+    grid = {"n_estimators": [2, 60], "max_depth": [3]}
+    best, rows = tune_params(tiny, idx, _formula_top1(tiny, idx, rng), grid=grid, folds=3)
+    assert len(rows) == 2 and best["n_estimators"] == 60
+    assert best == max(rows, key=lambda r: r["kendall_tau"])["params"]
+
+
+def test_metrics():
+    true = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    m = regression_metrics(true + 1, true)
+    assert [m["kendall_tau"], m["spearman_rho"], m["top10_overlap"], m["rmse"]] == pytest.approx([1.0] * 4)
+    assert top_fraction_overlap(-true, true, 0.2) == 0.0
+    assert np.isnan(regression_metrics(np.ones(10), true)["kendall_tau"])
+
+
+# ---- stratified arch selection ------------------------------------------------------------------------------
+def test_stratified_archs_cover_the_flops_range(tiny):
+    archs = stratified_archs(tiny, 22, np.random.default_rng(0))
+    assert archs[:2] == [tiny.min_arch(), tiny.max_arch()]
+    assert len(set(archs)) == 22
+    assert archs == stratified_archs(tiny, 22, np.random.default_rng(0))
+    flops = count_flops_batch(tiny, archs[2:])
+    lo, hi = count_flops(tiny, tiny.min_arch()), count_flops(tiny, tiny.max_arch())
+    buckets = np.floor((flops - lo) / (hi - lo) * 20).astype(int)
+    # Random archs crowd the middle; stratified ones reach both ends of the range.
+    assert len(set(buckets.tolist())) >= 14 and flops.min() < lo + 0.1 * (hi - lo) and flops.max() > lo + 0.8 * (hi - lo)
+    assert stratified_archs(tiny, 1, np.random.default_rng(0)) == [tiny.min_arch()]
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        stratified_archs(tiny, 5, 0)
+    with pytest.raises(ValueError, match="positive integer"):
+        stratified_archs(tiny, 0, np.random.default_rng(0))
+
+
+# ---- resumable measurement -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_measurement(tiny):
+    torch.manual_seed(0)
+    supernet = Supernet(tiny).eval()
+    splits = build_datasets("synthetic", "unused", synthetic_num_train=64, synthetic_num_test=8,
+                            holdout_fraction=0.25, split_seed=0)
+    calib = calibration_batches(splits.train, 8, 1, seed=0)
+    loader = build_loader(splits.holdout, 16, train=False)
+    small = tiny.min_arch()
+    archs = [small] + [tiny.arch_from_indices([r] + tiny.arch_to_indices(small)[1:]) for r in (1,)]
+    idx = tiny.arch_to_indices(small)
+    for gene in (2, 3):  # wider stage widths: still small, distinct archs
+        archs.append(tiny.arch_from_indices([*idx[:gene], 1, *idx[gene + 1:]]))
+    return supernet, calib, loader, archs
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_interrupted_collection_resumes_without_duplicates(tiny_measurement, tmp_path, monkeypatch):
+    supernet, calib, loader, archs = tiny_measurement
+    out = tmp_path / "measured.jsonl"
+    bn_before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    arch_before = supernet.active_arch
+    calls = []
+    real_evaluate = collect.evaluate_arch
+
+    def crashing_evaluate(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is killed while measuring the third arch
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "evaluate_arch", crashing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
+    assert len(_lines(out)) == 2
+    # The supernet is left as found: weights, BN statistics, active arch.
+    assert supernet.active_arch == arch_before
+    for k, v in supernet.state_dict().items():
+        assert torch.equal(v, bn_before[k]), k
+    first_rows = [json.loads(line) for line in _lines(out)]
+
+    with open(out, "a") as f:
+        f.write('{"arch": {"resolution": 2')  # torn last line from a crash mid-write
+    calls.clear()
+    monkeypatch.setattr(collect, "evaluate_arch", lambda *a, **k: (calls.append(a[1]), real_evaluate(*a, **k))[1])
+    with pytest.warns(RuntimeWarning, match="torn last line"):
+        rows = measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
+    assert calls == archs[2:]  # only the unmeasured archs
+    lines = [json.loads(line) for line in _lines(out)]
+    assert len(lines) == 4 and lines[:2] == first_rows
+    assert [r["arch"] for r in rows] == [a.to_dict() for a in archs]
+    assert all(0.0 <= r["top1"] <= 100.0 and r["mflops"] > 0 and r["space_hash"] == supernet.space.hash
+               for r in rows)
+    assert read_rows(out, supernet.space) == rows
+    # Measured again from scratch, the same archs give the same accuracies (deterministic evaluation).
+    fresh = measure_archs(supernet, archs[:2], calib, loader, progress=False)
+    assert [r["top1"] for r in fresh] == [r["top1"] for r in rows[:2]]
+    # Nothing left to do: nothing measured.
+    calls.clear()
+    measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
+    assert calls == [] and len(_lines(out)) == 4
+
+
+def test_collection_refuses_mixing_files(tiny_measurement, big, tmp_path):
+    supernet, calib, loader, archs = tiny_measurement
+    out = tmp_path / "m.jsonl"
+    measure_archs(supernet, archs[:1], calib, loader, out_path=out, progress=False, tag="ckpt-a")
+    with pytest.raises(ValueError, match="line 1: measured under tag 'ckpt-a'"):
+        measure_archs(supernet, archs[:2], calib, loader, out_path=out, progress=False, tag="ckpt-b")
+    with pytest.raises(ValueError, match=f"line 1: measured in another search space .*'attentivenas' has hash {big.hash}"):
+        read_rows(out, big)
+    out.write_text(out.read_text() + "not json\n" + out.read_text())
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        read_rows(out, supernet.space)
+    with pytest.raises(TypeError, match="list of image batches"):
+        measure_archs(supernet, archs, iter(calib), loader, progress=False)
+
+
+# ---- the retraining CLI ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    net = Supernet(tiny)
+    save_atomic({"model": net.state_dict(), "space": tiny.to_dict(), "space_hash": tiny.hash, "num_classes": 10,
+                 "config": {"data": {"name": "synthetic", "root": "unused", "holdout_fraction": 0.25,
+                                     "split_seed": 0, "image_size": 28, "synthetic_num_train": 64}},
+                 "epoch": 0, "step": 0, "predictor": None}, path)
+    return path
+
+
+def _write_rows(path, space, archs, top1, tag=None):
+    with open(path, "w") as f:
+        for a, t in zip(archs, top1):
+            f.write(json.dumps({"arch": a.to_dict(), "mflops": count_flops(space, a), "top1": float(t),
+                                "space_hash": space.hash, "tag": tag}) + "\n")
+
+
+def _exit_code_and_error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        retrain_main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "out")]
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(tmp_path / "missing.pt"), "--num-archs", "20", *base])
+    assert code == 2 and "--checkpoint: file not found" in err and "missing.pt" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "5", *base])
+    assert code == 2 and "gives 4 training and 1 held-out archs; at least 2 of each" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--proxies", "ntk,zen", *base])
+    assert code == 2 and "unknown proxy 'zen'; allowed: ntk, ntk_exact, grad_norm, synflow" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--sizes", "10,50", *base])
+    assert code == 2 and "--sizes [50] exceed the 16 training archs" in err
+    other = tmp_path / "other_space.jsonl"
+    _write_rows(other, big, [big.min_arch()], [50.0])
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--data", str(other), *base])
+    assert code == 2 and "measured in another search space" in err and big.hash in err
+
+
+def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    archs = stratified_archs(tiny, 24, rng)[2:]  # 22 archs with known accuracies; 2 more get measured
+    data = tmp_path / "measured.jsonl"
+    _write_rows(data, tiny, archs, _formula_top1(tiny, archs, rng), tag=measurement_tag(checkpoint, 1, 8))
+    out = tmp_path / "out"
+    assert retrain_main(["--checkpoint", str(checkpoint), "--num-archs", "24", "--out", str(out), "--data", str(data),
+                         "--holdout", "0.25", "--calib-batches", "1", "--calib-batch-size", "8", "--sizes", "8",
+                         "--proxies", "grad_norm", "--proxy-batch-size", "4", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("xgboost", "random_forest", "mlp", "mflops (baseline)", "grad_norm"):
+        assert name in printed
+    assert len(_lines(data)) == 24  # the two missing archs were measured and appended
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
+    assert set(metrics["models"]) == {"xgboost", "random_forest", "mlp", "mflops (baseline)"}
+    assert set(metrics["sizes"]["8"]) == {"xgboost", "random_forest", "mlp"}
+    assert -1 <= metrics["proxies"]["grad_norm"]["kendall_tau"] <= 1
+    predictor = AccuracyPredictor.load(out, tiny)
+    assert predictor.num_archs == 18
+    assert predictor.meta["metrics"]["holdout"]["kendall_tau"] == metrics["models"]["xgboost"]["kendall_tau"]
+    assert (out / "pred_vs_true.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
