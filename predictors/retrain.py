@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=10, help="BN calibration batches per arch")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--channels-last", action="store_true", help="measure in channels_last memory format "
+                   "(often ~2x faster on CPU for these nets)")
     p.add_argument("--proxies", type=_name_list, default=[],
-                   help="training-free proxies to rank the measured archs with (ntk, ntk_exact, grad_norm, synflow)")
+                   help="training-free proxies to rank the measured archs with (ntk, ntk_exact, grad_norm, synflow); "
+                   "ntk_exact costs one backward pass per image and class")
     p.add_argument("--proxy-batch-size", type=int, default=32, help="minibatch of training images for proxies")
     p.add_argument("--sizes", type=_int_list, default=[],
                    help="also report held-out tau when fitting on only this many measured archs, e.g. 50,100,200")
@@ -150,12 +153,11 @@ def _build_splits(ckpt: dict, where: Path):
     return build_datasets(cfg["name"], cfg["root"], **optional)
 
 
-def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_path: Path,
+def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_path: Path, existing: list[dict],
                   splits_fn: Callable[[], Any]) -> list[dict]:
-    """The first N measured rows of `data_path`, measuring (and appending) missing ones first."""
+    """The first N measured rows of `data_path` (already read: `existing`), measuring and appending missing ones."""
     from attentive.data import build_loader, calibration_batches
 
-    existing = read_rows(data_path, space) if data_path.exists() else []
     if len(existing) >= args.num_archs:
         print(f"reusing {args.num_archs} of {len(existing)} measured archs in {data_path}", file=sys.stderr)
         return existing[: args.num_archs]
@@ -171,7 +173,7 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
           file=sys.stderr)
     try:
         new_rows = measure_archs(supernet, todo, calib, loader, device=args.device, out_path=data_path,
-                                 progress=not args.no_progress, tag=tag)
+                                 progress=not args.no_progress, channels_last=args.channels_last, tag=tag)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return (existing + new_rows)[: args.num_archs]
@@ -268,10 +270,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--checkpoint {args.checkpoint}: cannot load a supernet from it ({e})") from None
     space = supernet.space
     supernet.eval()
+    if args.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
     data_path = args.data if args.data is not None else args.out / "measured.jsonl"
+    existing: list[dict] = []
     if data_path.exists():  # refuse another space's file before any expensive work
         try:
-            read_rows(data_path, space)
+            existing = read_rows(data_path, space)
         except ValueError as e:
             raise UsageError(f"--data {data_path}: {e}") from None
 
@@ -282,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             splits_cache["splits"] = _build_splits(ckpt, args.checkpoint)
         return splits_cache["splits"]
 
-    rows = _collect_rows(args, supernet, space, data_path, splits)
+    rows = _collect_rows(args, supernet, space, data_path, existing, splits)
     archs, top1 = rows_to_arrays(rows)
     order = np.random.default_rng(args.seed).permutation(len(archs))
     held_idx, train_idx = order[:num_held], order[num_held:]
