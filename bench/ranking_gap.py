@@ -1,0 +1,346 @@
+"""Experiment 2: do weight-shared (inherited) accuracies rank subnets as training them from scratch does?
+
+K >= 8 subnets of different FLOPs (predictors.collect.stratified_archs with --arch-seed: the min and max arch and
+the rest spread over the FLOPs range) are each trained from scratch with the same recipe and budget: a fresh
+StaticNet.from_arch (init seeded by --seed), SGD with Nesterov momentum, cosine learning rate per step to 0,
+cross-entropy with label smoothing, the same --epochs x --max-steps batches in the same seeded order for every
+arch, no early stopping (the last weights are tested). Their TEST top-1 is compared with:
+
+  * inherited top-1: the accuracy of the same arch inside the supernet checkpoint (--checkpoint, a train.py
+    last.pt), BN recalibrated on --calib-batches seeded batches of training images, on the test split (the same
+    images as the from-scratch models) and, for reference, on the held-out split (what a search would use);
+  * training-free proxies on a fresh seeded init (predictors.proxies.score_archs: ntk, grad_norm, synflow) on one
+    seeded minibatch of training images;
+  * MFLOPs alone (the baseline any ranking must beat).
+
+Kendall tau (scipy.stats.kendalltau, tau-b) of each against the from-scratch test top-1. Test accuracy is only
+reported: nothing is chosen by it. Data (dataset, held-out split) comes from the checkpoint's config.
+
+Outputs in --out: results.json, results.csv (one row per arch), ranking_gap.png (inherited vs from-scratch
+scatter; Kendall tau of every scorer). Each arch's from-scratch result is saved as it finishes (<out>/scratch/),
+so an interrupted run resumes with the next arch.
+
+    CKPT=runs/exp_attentive_vs_uniform/runs/bestup_predictor_seed0/last.pt     # any train.py last.pt
+    python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp_ranking_gap           # 5 epochs per arch
+    python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2_small --threads 1 --epochs 1 --max-steps 80 \\
+        --eval-size 2000 --holdout-size 1000 --calib-batches 4                          # ~10 min on 2 busy cores
+    python bench/ranking_gap.py --quick --out /tmp/exp2_smoke      # synthetic smoke test: numbers mean nothing
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _experiment_utils import (ROOT, eval_device, fmt, kendall_tau, pyplot, read_json, run_train,  # noqa: E402
+                               save_figure_atomic, seeded_subset, tail, warn_synthetic, write_csv_atomic,
+                               write_json_atomic)
+
+PROXIES = ("ntk", "grad_norm", "synflow")
+QUICK_SUPERNET = ROOT / "configs" / "train" / "smoke.yaml"
+QUICK_SUPERNET_OVERRIDES = ["sched.epochs=1", "sched.warmup_epochs=0", "sampler.name=uniform", "train.max_steps_per_epoch=2",
+                            "checkpoint.every_steps=0", "log.progress=false", "log.tensorboard=false"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None,
+                   help="supernet checkpoint (train.py last.pt); required unless --quick, which trains a tiny one")
+    p.add_argument("--num-archs", type=int, default=8, help="K subnets (>= 8)")
+    p.add_argument("--arch-seed", type=int, default=0, help="seed of the stratified arch choice")
+    p.add_argument("--epochs", type=int, default=None, help="from-scratch epochs per arch (default 5; --quick 1)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap on steps per epoch (default: the whole training split; --quick 2)")
+    p.add_argument("--batch-size", type=int, default=None, help="from-scratch batch (default: the checkpoint's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate per 256 images, scaled by batch / 256 (default: the checkpoint's optim.lr)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="on conv/linear weights, not BN or biases (default: the checkpoint's optim.weight_decay)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="default: the checkpoint's train.label_smoothing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's own; 1 on a busy shared machine, where 2 threads were "
+                        "measured ~50x slower)")
+    p.add_argument("--seed", type=int, default=0, help="init, data order, proxy minibatch and proxy init")
+    p.add_argument("--calib-batches", type=int, default=None,
+                   help="BN recalibration batches for inherited accuracy (default: the checkpoint's eval.calib_batches)")
+    p.add_argument("--eval-size", type=int, default=None, help="test images (seeded subset; default: all)")
+    p.add_argument("--holdout-size", type=int, default=None, help="held-out images for inherited accuracy (default: all)")
+    p.add_argument("--proxy-batch", type=int, default=None, help="minibatch for the proxies (default 64; --quick 8)")
+    p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's data.root)")
+    p.add_argument("--out", default="runs/exp_ranking_gap", help="output directory")
+    p.add_argument("--quick", action="store_true",
+                   help="synthetic smoke mode: without --checkpoint a 2-step synthetic supernet is trained first; "
+                        "1 epoch x 2 steps per arch (results mean nothing)")
+    p.add_argument("--in-process", action="store_true", help="train the --quick supernet in this process")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def train_from_scratch(space, arch, data, num_classes: int, *, epochs: int, max_steps: int | None, batch_size: int,
+                       lr: float, weight_decay: float, label_smoothing: float, seed: int, device, channels_last: bool,
+                       test_loader) -> dict[str, Any]:
+    """Plain supervised training of StaticNet.from_arch; returns test top-1 of the last weights and the cost."""
+    import time
+
+    import torch
+    import torch.nn as nn
+
+    from attentive.data import build_loader, set_loader_epoch
+    from attentive.evaluate import accuracy
+    from attentive.static import StaticNet
+
+    with torch.random.fork_rng(devices=[]):  # seeded init, caller's global RNG untouched
+        torch.manual_seed(seed)
+        net = StaticNet.from_arch(space, arch, num_classes)
+    fmt_ = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=fmt_)
+    loader = build_loader(data.train, batch_size, train=True, seed=seed)
+    steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
+    total = epochs * steps_per_epoch
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    peak = lr * batch_size / 256
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=peak, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    start, step, last_loss = time.perf_counter(), 0, float("nan")
+    net.train()
+    for epoch in range(epochs):
+        set_loader_epoch(loader, epoch)
+        for i, (images, labels) in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            images = images.to(device).contiguous(memory_format=fmt_)
+            loss = criterion(net(images), labels.to(device))
+            if not torch.isfinite(loss):
+                return {"status": "diverged", "test_top1": None, "steps": step, "final_loss": float(loss.detach()),
+                        "train_seconds": time.perf_counter() - start}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last_loss = float(loss.detach())
+    train_seconds = time.perf_counter() - start
+    return {"status": "done", "test_top1": accuracy(net, test_loader, device, channels_last), "steps": step,
+            "final_loss": last_loss, "train_seconds": train_seconds}
+
+
+def quick_checkpoint(out: Path, in_process: bool) -> Path:
+    run_dir = out / "supernet"
+    ckpt = run_dir / "last.pt"
+    if (run_dir / "final.json").is_file() and ckpt.is_file():
+        return ckpt
+    import torch
+
+    overrides = [f"output_dir={run_dir}", "resume=auto", f"num_threads={torch.get_num_threads()}",
+                 *QUICK_SUPERNET_OVERRIDES]
+    rc, _ = run_train(QUICK_SUPERNET, overrides,
+                      run_dir / "bench_train_output.log", in_process)
+    if rc != 0:
+        raise RuntimeError(f"training the --quick supernet failed (status {rc}):\n{tail(run_dir / 'train.log')}")
+    return ckpt
+
+
+def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | None) -> None:
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    ok = [r for r in rows if r["scratch_test_top1"] is not None]
+    x = np.array([r["inherited_test_top1"] for r in ok])
+    y = np.array([r["scratch_test_top1"] for r in ok])
+    f = np.array([r["mflops"] for r in ok])
+    sc = ax.scatter(x, y, c=f, cmap="viridis", s=50, edgecolors="black", linewidths=0.5)
+    for r in ok:
+        ax.annotate(str(r["arch_index"]), (r["inherited_test_top1"], r["scratch_test_top1"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="MFLOPs")
+    t = taus["inherited_test"]["tau"]
+    ax.set_xlabel("inherited test top-1 (%) (supernet weights, BN recalibrated)")
+    ax.set_ylabel("from-scratch test top-1 (%)")
+    ax.set_title(f"{len(ok)} subnets: Kendall tau = {fmt(t, 3)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    names = list(taus)
+    vals = [taus[n]["tau"] if taus[n]["tau"] is not None else 0.0 for n in names]
+    bx.barh(names, vals, color=["tab:blue" if v >= 0 else "tab:red" for v in vals])
+    for i, n in enumerate(names):
+        bx.text(vals[i], i, f" {fmt(taus[n]['tau'], 2)}", va="center", fontsize=8)
+    bx.axvline(0, color="black", linewidth=0.8)
+    bx.set_xlim(-1, 1)
+    bx.set_xlabel("Kendall tau vs from-scratch test top-1")
+    bx.invert_yaxis()
+    if warning:
+        fig.suptitle("SYNTHETIC DATA - MEANINGLESS NUMBERS", color="red")
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else 5
+    if args.max_steps is None and args.quick:
+        args.max_steps = 2
+    if args.proxy_batch is None:
+        args.proxy_batch = 8 if args.quick else 64
+    problems = []
+    if args.checkpoint is None and not args.quick:
+        problems.append("--checkpoint is required (a train.py last.pt) unless --quick")
+    if args.num_archs < 8:
+        problems.append(f"--num-archs must be >= 8, got {args.num_archs}")
+    for name in ("threads", "epochs", "max_steps", "batch_size", "calib_batches", "eval_size", "holdout_size", "proxy_batch"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        problems.append(f"--checkpoint: file not found: {args.checkpoint}")
+    if problems:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _experiment(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from attentive.checkpoint import load_supernet
+    from attentive.data import build_datasets, build_loader, calibration_batches
+    from attentive.flops import count_flops
+    from predictors.collect import measure_archs, stratified_archs
+    from predictors.proxies import random_minibatch, score_archs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else quick_checkpoint(out, args.in_process)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    supernet, ckpt = load_supernet(checkpoint, map_location=device)
+    space, num_classes = supernet.space, supernet.num_classes
+    cfg = ckpt["config"]
+    d = cfg["data"]
+    warning = warn_synthetic(d["name"])
+    data = build_datasets(d["name"], args.data_root or d["root"], image_size=d["image_size"],
+                          holdout_fraction=d["holdout_fraction"], split_seed=d["split_seed"], augment=d["augment"],
+                          synthetic_num_train=d["synthetic_num_train"], synthetic_num_test=d["synthetic_num_test"],
+                          num_classes_synthetic=space.num_classes)
+    if data.num_classes != num_classes:
+        raise SystemExit(f"error: the checkpoint has {num_classes} classes, its data {data.num_classes}")
+    channels_last = device.type == "cpu"
+    batch_size = args.batch_size or d["batch_size"]
+    lr = cfg["optim"]["lr"] if args.lr is None else args.lr
+    weight_decay = cfg["optim"]["weight_decay"] if args.weight_decay is None else args.weight_decay
+    label_smoothing = cfg["train"]["label_smoothing"] if args.label_smoothing is None else args.label_smoothing
+    calib_batches = args.calib_batches or cfg["eval"]["calib_batches"]
+    test = seeded_subset(data.test, args.eval_size, seed=0)
+    holdout = seeded_subset(data.holdout, args.holdout_size, seed=0)
+    test_loader = build_loader(test, d["eval_batch_size"], train=False)
+    holdout_loader = build_loader(holdout, d["eval_batch_size"], train=False)
+    archs = stratified_archs(space, args.num_archs, np.random.Generator(np.random.PCG64(args.arch_seed)))
+    mflops = [count_flops(space, a, num_classes) for a in archs]
+
+    # ---- inherited accuracy (supernet weights, BN recalibrated) and proxies ----
+    print(f"inherited accuracy of {len(archs)} subnets from {checkpoint} (epoch {ckpt.get('epoch')})", file=sys.stderr)
+    calib = calibration_batches(data.train, d["batch_size"], calib_batches, seed=args.seed)
+    if channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    inherited_test = [r["top1"] for r in measure_archs(supernet, archs, calib, test_loader, device, progress=True,
+                                                       channels_last=channels_last)]
+    inherited_holdout = [r["top1"] for r in measure_archs(supernet, archs, calib, holdout_loader, device,
+                                                          progress=True, channels_last=channels_last)]
+    images, labels = random_minibatch(data.train, args.proxy_batch, seed=args.seed)
+    proxy_scores = {p: score_archs(space, archs, p, images, labels, seed=args.seed, device=device,
+                                   num_classes=num_classes).tolist() for p in PROXIES}
+
+    # ---- from scratch, one arch at a time, each result saved as it finishes ----
+    recipe = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps, "batch_size": batch_size,
+              "lr_per_256": lr, "peak_lr": lr * batch_size / 256, "weight_decay": weight_decay,
+              "label_smoothing": label_smoothing, "seed": args.seed, "momentum": 0.9, "nesterov": True,
+              "schedule": "cosine per step to 0, no warm-up", "augment": d["augment"],
+              "data": {k: d[k] for k in ("name", "holdout_fraction", "split_seed", "synthetic_num_train",
+                                         "synthetic_num_test")},
+              "eval_size": len(test), "device": device.type}
+    scratch = []
+    with tqdm(total=len(archs), desc="from scratch", unit="arch", dynamic_ncols=True) as bar:
+        for i, arch in enumerate(archs):
+            key = hashlib.sha256(json.dumps({"arch": arch.to_dict(), "recipe": recipe}, sort_keys=True)
+                                 .encode()).hexdigest()[:16]
+            path = out / "scratch" / f"arch_{i:02d}_{key}.json"
+            res = read_json(path)
+            if res is None:
+                bar.set_postfix_str(f"arch {i}: {mflops[i]:.2f} MFLOPs")
+                res = train_from_scratch(space, arch, data, num_classes, epochs=args.epochs, max_steps=args.max_steps,
+                                         batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                         label_smoothing=label_smoothing, seed=args.seed, device=device,
+                                         channels_last=channels_last, test_loader=test_loader)
+                write_json_atomic(path, {**res, "arch": arch.to_dict(), "recipe": recipe})
+            if res["status"] != "done":
+                tqdm.write(f"arch {i} diverged (loss {res['final_loss']}); left out of the taus", file=sys.stderr)
+            scratch.append(res)
+            bar.update(1)
+
+    rows = []
+    for i, arch in enumerate(archs):
+        rows.append({"arch_index": i, "mflops": mflops[i], "scratch_test_top1": scratch[i]["test_top1"],
+                     "scratch_status": scratch[i]["status"], "scratch_train_seconds": scratch[i]["train_seconds"],
+                     "scratch_steps": scratch[i]["steps"], "inherited_test_top1": inherited_test[i],
+                     "inherited_holdout_top1": inherited_holdout[i],
+                     **{p: proxy_scores[p][i] for p in PROXIES}, "arch": arch.to_dict()})
+    target = [np.nan if r["scratch_test_top1"] is None else r["scratch_test_top1"] for r in rows]
+    taus = {"inherited_test": kendall_tau(inherited_test, target),
+            "inherited_holdout": kendall_tau(inherited_holdout, target),
+            **{p: kendall_tau(proxy_scores[p], target) for p in PROXIES},
+            "mflops": kendall_tau(mflops, target)}
+    report = {
+        "experiment": "ranking_gap", "warning": warning, "checkpoint": str(checkpoint),
+        "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
+        "checkpoint_sampler": cfg.get("sampler", {}).get("name"),
+        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
+        "scratch_recipe": recipe,
+        "inherited": {"calib_batches": calib_batches, "calib_batch_size": d["batch_size"], "calib_seed": args.seed,
+                      "test_images": len(test), "holdout_images": len(holdout)},
+        "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
+        "kendall_tau_vs_scratch_test_top1": taus,
+        "note": "test accuracies are reported only; nothing is chosen by them",
+        "rows": rows,
+    }
+    write_json_atomic(out / "results.json", report)
+    write_csv_atomic(out / "results.csv", rows)
+    plot(out / "ranking_gap.png", rows, taus, warning)
+
+    print(f"\n{'#':>2} {'MFLOPs':>7} {'scratch':>8} {'inh.test':>8} {'inh.hold':>8} "
+          + " ".join(f"{p:>10}" for p in PROXIES))
+    for r in rows:
+        print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['scratch_test_top1']):>8} "
+              f"{fmt(r['inherited_test_top1']):>8} {fmt(r['inherited_holdout_top1']):>8} "
+              + " ".join(f"{r[p]:>10.3g}" for p in PROXIES))
+    print("\nKendall tau vs from-scratch test top-1:")
+    for name, t in taus.items():
+        print(f"  {name:<18} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
+    if warning:
+        print("\n" + warning)
+    print(f"\nwrote {out / 'results.json'}, results.csv, ranking_gap.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Smoke test of the experiment scripts (bench/attentive_vs_uniform.py, bench/ranking_gap.py) in their --quick
+synthetic mode: they run end to end, write results.json / .csv / .png, and the numbers have the right structure and
+ranges. The numbers themselves mean nothing (synthetic data, a few steps)."""
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import attentive_vs_uniform as exp1  # noqa: E402
+import ranking_gap as exp2  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METHODS = ["uniform", "bestup_predictor", "worstup_predictor", "bestup_loss"]
+SEEDS = [0, 1]
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def exp1_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp1")
+    # In-process train.main (no interpreter start-up per run) and one thread: the smoke test stays fast on a busy
+    # machine. Everything else is the --quick mode as a user runs it.
+    rc = exp1.main(["--quick", "--in-process", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_attentive_vs_uniform_quick(exp1_out, capsys):
+    report = json.loads((exp1_out / "results.json").read_text())
+    assert report["warning"] and "synthetic" in report["warning"].lower()
+    assert report["quick"] and report["data"]["name"] == "synthetic"
+    assert [(r["method"], r["seed"]) for r in report["runs"]] == [(m, s) for m in METHODS for s in SEEDS]
+    lo, hi = report["flops_range_mflops"]
+    floor = report["hypervolume"]["floor_top1"]
+    assert floor == pytest.approx(10.0) and 0 < lo < hi
+    num_archs = len(report["archs"])
+    assert num_archs == exp1.QUICK_DEFAULTS["num_archs"]
+    arch_flops = [a["mflops"] for a in report["archs"]]
+    assert min(arch_flops) == pytest.approx(lo) and max(arch_flops) == pytest.approx(hi)  # min and max arch in the set
+    budgets = [report["budgets"][n]["mflops"] for n in exp1.BUDGET_NAMES]
+    assert lo <= budgets[0] < budgets[1] < budgets[2] == pytest.approx(hi)
+
+    for r in report["runs"]:
+        assert r["status"] == "done", r
+        # The same fixed archs for every run, each with a test top-1 in [0, 100].
+        assert [p["mflops"] for p in r["points"]] == pytest.approx(arch_flops)
+        top1 = [p["top1"] for p in r["points"]]
+        assert all(0 <= t <= 100 for t in top1)
+        # Hypervolume: normalized FLOPs in [0, 1] x (top-1 - floor): between 0 and 100 - floor; HV + floor is the
+        # mean best top-1 over budgets, so it lies between the min arch's top-1 and the best top-1.
+        assert 0 <= r["hypervolume"] <= 100 - floor
+        if r["hypervolume"] > 0:
+            assert r["hv_mean_best_top1"] == pytest.approx(r["hypervolume"] + floor)
+            assert r["hv_mean_best_top1"] <= max(top1) + 1e-9
+        assert set(r["front"]) <= set(range(num_archs)) and r["front"]
+        at = r["top1_at"]
+        assert at["low"] <= at["mid"] <= at["high"] == pytest.approx(max(top1))
+        t = r["timing"]
+        assert t["epochs"] == 2 and t["steps"] == 2 and t["epoch_s"] > 0 and t["train_step_s_per_epoch"] > 0
+        if r["method"].endswith("_predictor"):
+            assert t["predictor_fit_s"] > 0 and r["search_skipped"] is None
+            assert [s["budget"] for s in r["searched"]] == list(exp1.BUDGET_NAMES)
+            for s, b in zip(r["searched"], budgets):
+                assert s["mflops"] <= b + 1e-6 and 0 <= s["test_top1"] <= 100
+        else:
+            assert r["searched"] == [] and "no predictor" in r["search_skipped"]
+    for method in METHODS:
+        s = report["summary"][method]
+        assert s["num_seeds"] == 2 and s["hypervolume"]["n"] == 2
+        assert s["hypervolume"]["min"] <= s["hypervolume"]["mean"] <= s["hypervolume"]["max"]
+        assert s["hypervolume"]["std"] >= 0
+
+    rows = _csv(exp1_out / "results.csv")
+    assert [(r["method"], int(r["seed"]), r["status"]) for r in rows] == [(m, s, "done") for m in METHODS for s in SEEDS]
+    assert all(float(r["hypervolume"]) >= 0 for r in rows)
+    assert len(_csv(exp1_out / "points.csv")) == len(rows) * num_archs
+    assert _is_png(exp1_out / "front_overlay.png")
+
+    # Started again: every run is reused (no training, cached test measurements), same results.
+    capsys.readouterr()
+    assert exp1.main(["--quick", "--in-process", "--threads", "1", "--out", str(exp1_out)]) == 0
+    assert "synthetic" in capsys.readouterr().err.lower()
+    again = json.loads((exp1_out / "results.json").read_text())
+    assert [r["hypervolume"] for r in again["runs"]] == [r["hypervolume"] for r in report["runs"]]
+    assert all(r["timing"]["final_json"]["steps"] == 2 for r in again["runs"])
+
+
+def test_ranking_gap_quick(exp1_out, tmp_path):
+    ckpt = exp1_out / "runs" / "uniform_seed0" / "last.pt"
+    out = tmp_path / "exp2"
+    assert exp2.main(["--quick", "--threads", "1", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["warning"] and report["num_archs"] == 8
+    rows = report["rows"]
+    assert len(rows) == 8 and len({r["mflops"] for r in rows}) == 8
+    for r in rows:
+        assert r["scratch_status"] == "done" and r["scratch_steps"] == 2
+        for k in ("scratch_test_top1", "inherited_test_top1", "inherited_holdout_top1"):
+            assert 0 <= r[k] <= 100
+        for p in exp2.PROXIES:
+            assert math.isfinite(r[p])
+    taus = report["kendall_tau_vs_scratch_test_top1"]
+    assert set(taus) == {"inherited_test", "inherited_holdout", *exp2.PROXIES, "mflops"}
+    for t in taus.values():
+        assert t["n"] == 8
+        assert t["tau"] is None or -1 <= t["tau"] <= 1
+    assert len(_csv(out / "results.csv")) == 8
+    assert _is_png(out / "ranking_gap.png")
+    assert len(list((out / "scratch").glob("arch_*.json"))) == 8  # per-arch results saved for resume
+
+
+def test_usage_errors(capsys):
+    assert exp1.main(["--methods", "uniform,nope"]) == 2
+    assert exp1.main(["--quick", "seed=3"]) == 2  # the experiment sets seeds itself
+    assert exp1.main(["--quick", "no.such.key=1"]) == 2
+    assert exp2.main([]) == 2  # --checkpoint required outside --quick
+    assert exp2.main(["--quick", "--num-archs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "seed" in err and "--checkpoint" in err
