@@ -45,7 +45,7 @@ def stratified_archs(space: SearchSpace, n: int, rng: np.random.Generator, num_b
     if rest > space.num_archs - 2:
         raise ValueError(f"asked for {n} distinct archs, space '{space.name}' has only {space.num_archs}")
     num_buckets = min(rest, DEFAULT_NUM_BUCKETS) if num_buckets is None else num_buckets
-    pool = np.unique(space.sample_indices(rng, pool_size or max(8192, 20 * n)), axis=0)
+    pool = np.unique(_candidate_pool(space, rng, pool_size or max(8192, 20 * n)), axis=0)
     end_rows = np.array([space.arch_to_indices(a) for a in ends])
     pool = pool[~(pool[:, None, :] == end_rows[None]).all(-1).any(1)]
     flops = count_flops_batch(space, pool)
@@ -56,6 +56,17 @@ def stratified_archs(space: SearchSpace, n: int, rng: np.random.Generator, num_b
     chosen = np.concatenate([rng.choice(m, size=q, replace=False) for m, q in zip(members, quota) if q])
     chosen = chosen[rng.permutation(len(chosen))]
     return ends + [space.arch_from_indices(pool[i]) for i in chosen]
+
+
+def _candidate_pool(space: SearchSpace, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Gene-index rows: half uniform, a quarter tilted to small and a quarter to large choices (options are
+    sorted ascending). Uniform archs alone almost never reach the top of the FLOPs range (tiny space: of 1,000
+    stratified archs from a uniform pool, 4 fell in the top 30% of the range besides the max arch)."""
+    sizes = np.asarray(space.gene_sizes())
+    quarter = size // 4
+    tilted = [np.minimum((rng.random((quarter, len(sizes))) ** power * sizes).astype(np.int64), sizes - 1)
+              for power in (3.0, 1 / 3)]
+    return np.concatenate([space.sample_indices(rng, size - 2 * quarter), *tilted])
 
 
 def _allocate(total: int, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:

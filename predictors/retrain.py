@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from attentive.checkpoint import load_supernet
 from attentive.flops import count_flops_batch
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=10, help="BN calibration batches per arch")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--holdout-images", type=int, default=None,
+                   help="measure on only the first K images of the held-out split (default: all of it)")
     p.add_argument("--channels-last", action="store_true", help="measure in channels_last memory format "
                    "(often ~2x faster on CPU for these nets)")
     p.add_argument("--proxies", type=_name_list, default=[],
@@ -109,8 +112,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int]:
     if too_big:
         raise UsageError(f"--sizes {too_big} exceed the {num_train} training archs of --num-archs "
                          f"{args.num_archs} with --holdout {args.holdout}")
-    for name in ("calib_batches", "calib_batch_size", "batch_size", "proxy_batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("calib_batches", "calib_batch_size", "batch_size", "proxy_batch_size", "holdout_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         device = torch.device(args.device)
@@ -134,9 +137,12 @@ def _file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def measurement_tag(checkpoint: Path, calib_batches: int, calib_batch_size: int) -> str:
-    """What measured rows are comparable under: the checkpoint's content and the BN calibration setting."""
-    return f"ckpt={_file_fingerprint(checkpoint)};calib={calib_batches}x{calib_batch_size}"
+def measurement_tag(checkpoint: Path, calib_batches: int, calib_batch_size: int,
+                    holdout_images: int | None = None) -> str:
+    """What measured rows are comparable under: the checkpoint's content, the BN calibration setting and the
+    number of held-out images (all when None)."""
+    tag = f"ckpt={_file_fingerprint(checkpoint)};calib={calib_batches}x{calib_batch_size}"
+    return tag if holdout_images is None else f"{tag};holdout_images={holdout_images}"
 
 
 def _build_splits(ckpt: dict, where: Path):
@@ -167,9 +173,13 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
     todo = [a for a in candidates if _arch_key(a) not in have][: args.num_archs - len(existing)]
     splits = splits_fn()
     calib = calibration_batches(splits.train, args.calib_batch_size, args.calib_batches, seed=CALIBRATION_SEED)
-    loader = build_loader(splits.holdout, args.batch_size, train=False)
-    tag = measurement_tag(args.checkpoint, args.calib_batches, args.calib_batch_size)
-    print(f"measuring {len(todo)} archs on {len(splits.holdout)} held-out training images -> {data_path}",
+    holdout = splits.holdout
+    if args.holdout_images is not None and args.holdout_images < len(holdout):
+        holdout = Subset(holdout, range(args.holdout_images))  # a seeded random subset: so are its first K
+    loader = build_loader(holdout, args.batch_size, train=False)
+    tag = measurement_tag(args.checkpoint, args.calib_batches, args.calib_batch_size,
+                          None if holdout is splits.holdout else len(holdout))
+    print(f"measuring {len(todo)} archs on {len(holdout)} held-out training images -> {data_path}",
           file=sys.stderr)
     try:
         new_rows = measure_archs(supernet, todo, calib, loader, device=args.device, out_path=data_path,

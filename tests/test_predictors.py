@@ -175,15 +175,14 @@ def test_metrics():
 
 # ---- stratified arch selection ------------------------------------------------------------------------------
 def test_stratified_archs_cover_the_flops_range(tiny):
-    archs = stratified_archs(tiny, 22, np.random.default_rng(0))
+    archs = stratified_archs(tiny, 102, np.random.default_rng(0))
     assert archs[:2] == [tiny.min_arch(), tiny.max_arch()]
-    assert len(set(archs)) == 22
-    assert archs == stratified_archs(tiny, 22, np.random.default_rng(0))
-    flops = count_flops_batch(tiny, archs[2:])
+    assert len(set(archs)) == 102
+    assert archs == stratified_archs(tiny, 102, np.random.default_rng(0))
     lo, hi = count_flops(tiny, tiny.min_arch()), count_flops(tiny, tiny.max_arch())
-    buckets = np.floor((flops - lo) / (hi - lo) * 20).astype(int)
-    # Random archs crowd the middle; stratified ones reach both ends of the range.
-    assert len(set(buckets.tolist())) >= 14 and flops.min() < lo + 0.1 * (hi - lo) and flops.max() > lo + 0.8 * (hi - lo)
+    deciles = np.histogram(count_flops_batch(tiny, archs[2:]), bins=10, range=(lo, hi))[0]
+    # Uniform random archs crowd the middle and never reach the top of the range; these fill every decile.
+    assert deciles.min() >= 8, deciles
     assert stratified_archs(tiny, 1, np.random.default_rng(0)) == [tiny.min_arch()]
     with pytest.raises(TypeError, match="numpy.random.Generator"):
         stratified_archs(tiny, 5, 0)
