@@ -12,8 +12,9 @@ Budget search:
    FLOPs range.
 3. The top-K of every budget, the min and max nets and a sample of the predicted front are measured: BN
    recalibrated on training images, top-1 on the held-out split of the training set (rebuilt from the
-   checkpoint's config). The best measured candidate of each budget is exported (attentive.export), and only
-   then is its test top-1 measured, for the report.
+   checkpoint's config). For each budget the measured arch with the best held-out top-1 among those that fit
+   it (its top-K, and any other measured arch within the budget) is exported (attentive.export), and only then
+   is its test top-1 measured, for the report.
 
 Outputs in DIR: ``subnet_<B>mflops/`` per budget (see attentive.export), ``pareto.csv`` / ``pareto.json`` (every
 evaluated arch: MFLOPs, predicted and measured accuracy, on-front flags), ``pareto.png`` and ``search.json``
@@ -432,12 +433,15 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
             raise UsageError(f"--budgets: {e}") from None
         if b > hi:
             log(f"budget {b:g} MFLOPs is above the largest subnet ({hi:.4g} MFLOPs): searching the whole space")
+    if score_fn is not None:
+        objective_name, is_accuracy = "score function given by the caller", True
+    elif args.proxy is None:  # refuse a missing or foreign predictor before loading any data
+        score_fn, score_input, objective_name, is_accuracy = build_objective(args, space, ckpt, num_classes,
+                                                                             None, device)
     splits, data_cfg = build_data(args, ckpt, num_classes)
     if score_fn is None:
         score_fn, score_input, objective_name, is_accuracy = build_objective(args, space, ckpt, num_classes,
                                                                              splits, device)
-    else:
-        objective_name, is_accuracy = "score function given by the caller", True
     objective = Objective(space, score_fn, score_input)
     evo_kw: dict[str, Any] = dict(PROXY_SEARCH) if args.proxy else {}
     front_kw: dict[str, Any] = dict(PROXY_FRONT) if args.proxy else {}
@@ -486,10 +490,11 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
     log(f"measured {len(to_measure)} archs on the held-out split ({len(rerank_set)} images) in "
         f"{measure_seconds:.1f}s")
 
-    # 3. Re-rank each budget's top-K by held-out top-1 (ties: predicted score, then fewer MFLOPs), export.
+    # 3. Re-rank by held-out top-1: each budget's top-K, and every other measured arch that fits the budget (the
+    #    min net fits all; front samples may beat the predictor's picks). Ties: predicted score, fewer MFLOPs.
     chosen: dict[float, dict[str, Any]] = {}
-    for b, r in results.items():
-        candidates = [rows.rows[c.arch.to_json()] for c in r.top]
+    for b in budgets:
+        candidates = [row for row in to_measure if row["mflops"] <= b]
         chosen[b] = max(candidates, key=lambda row: (row["holdout_top1"], row["predicted"], -row["mflops"]))
         chosen[b]["exported_for_mflops"].append(b)
     rows.mark_fronts()
@@ -503,8 +508,8 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
                 tmp / budget_dir_name(b), supernet, arch, calib, holdout_loader=holdout, test_loader=test,
                 budget=b, device=device, onnx=not args.no_onnx, channels_last=channels_last,
                 extra={**provenance(args, ckpt), "objective": objective_name, "predicted": row["predicted"],
-                       "search_holdout_top1": row["holdout_top1"], "rank_by_predicted":
-                       [c.arch.to_json() for c in results[b].top].index(arch.to_json()) + 1})
+                       "search_holdout_top1": row["holdout_top1"], "search_roles": row["roles"],
+                       "rerank_holdout_images": len(rerank_set)})
             row["test_top1"] = metrics["test_top1"]
             summary["budgets"][f"{b:g}"] = {
                 "dir": budget_dir_name(b), "mflops": metrics["mflops"], "fvcore_mflops": metrics["fvcore_mflops"],
