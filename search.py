@@ -335,8 +335,9 @@ def plot_pareto(path: Path, rows: list[dict[str, Any]], budgets: list[float], ti
     ax.scatter([r["mflops"] for r in exported], [r["holdout_top1"] for r in exported], marker="*", s=220,
                color="tab:red", zorder=5, label="exported subnets")
     for r in exported:
-        ax.annotate(f"≤{', '.join(f'{b:g}' for b in r['exported_for_mflops'])} MFLOPs", (r["mflops"], r["holdout_top1"]),
-                    textcoords="offset points", xytext=(6, -12), fontsize=8, color="tab:red")
+        label = f"≤{', '.join(f'{b:g}' for b in r['exported_for_mflops'])} MFLOPs"
+        ax.annotate(label, (r["mflops"], r["holdout_top1"]), textcoords="offset points", xytext=(6, -12),
+                    fontsize=8, color="tab:red")
     for role, label in (("min", "min net"), ("max", "max net")):
         for r in measured:
             if role in r["roles"]:

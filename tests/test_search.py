@@ -1,6 +1,5 @@
 """Evolutionary and Pareto search (attentive.search) and the search.py command line."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,7 +217,7 @@ def _args(*argv):
 
 def test_cli_end_to_end(checkpoint, tmp_path):
     space = load_space("tiny")
-    lo, hi = flops_range(space)
+    _, hi = flops_range(space)
     out = tmp_path / "out"
     budgets = [2, 5, 100]
     args = _args("--checkpoint", checkpoint, "--budgets", ",".join(map(str, budgets)), "--out", out,
@@ -329,8 +328,8 @@ def test_cli_training_free_proxy(checkpoint, tmp_path):
     pytest.importorskip("predictors.proxies")
     out = tmp_path / "out"
     argv = ["--checkpoint", checkpoint, "--budgets", "4", "--out", out, "--proxy", "grad_norm", "--proxy-nu", 1e6,
-            "--proxy-batch-size", 8, "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 1, "--population", 4,
-            "--no-onnx", "--no-progress"]
+            "--proxy-batch-size", 8, "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 1,
+            "--population", 4, "--no-onnx", "--no-progress"]
     assert search_cli.main([str(a) for a in argv]) == 0
     summary = json.loads((out / "search.json").read_text())
     assert summary["objective"].startswith("proxy grad_norm, NASI penalty mu=2 nu=1e+06")
