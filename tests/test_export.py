@@ -1,5 +1,6 @@
 """Subnet export (attentive.export) and `attentive.load_subnet`."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -27,13 +28,20 @@ def setup():
     return supernet.eval(), arch, calib, holdout, test
 
 
-def test_export_then_load_matches_supernet(setup, tmp_path):
+@pytest.fixture(scope="module")
+def exported(setup, tmp_path_factory):
     supernet, arch, calib, holdout, test = setup
+    out = tmp_path_factory.mktemp("export") / "subnet"
+    budget = count_flops(supernet.space, arch) + 0.5
+    metrics = export_subnet(out, supernet, arch, calib, holdout_loader=holdout, test_loader=test, budget=budget)
+    return out, metrics, budget
+
+
+def test_export_then_load_matches_supernet(setup, exported):
+    supernet, arch, calib, _, _ = setup
     space = supernet.space
     mflops = count_flops(space, arch)
-    budget = mflops + 0.5
-    out = tmp_path / "subnet"
-    metrics = export_subnet(out, supernet, arch, calib, holdout_loader=holdout, test_loader=test, budget=budget)
+    out, metrics, budget = exported
 
     names = {p.name for p in out.iterdir()}
     assert names == {"model.pth", "arch.json", "space.json", "metrics.json", "flops_table.txt", "model.onnx"}
@@ -79,10 +87,9 @@ def test_export_refuses_over_budget_and_existing_dir(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subnet"]  # no temporary or old copies left
 
 
-def test_load_subnet_refuses_mixed_directories(setup, tmp_path):
-    supernet, arch, calib, _, _ = setup
+def test_load_subnet_refuses_mixed_directories(exported, tmp_path):
     out = tmp_path / "subnet"
-    export_subnet(out, supernet, arch, calib, onnx=False)
+    shutil.copytree(exported[0], out)
     space = json.loads((out / "space.json").read_text())
     space["num_classes"] = 11
     (out / "space.json").write_text(json.dumps(space))

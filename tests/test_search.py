@@ -328,7 +328,7 @@ def test_cli_training_free_proxy(checkpoint, tmp_path):
     pytest.importorskip("predictors.proxies")
     out = tmp_path / "out"
     argv = ["--checkpoint", checkpoint, "--budgets", "4", "--out", out, "--proxy", "grad_norm", "--proxy-nu", 1e6,
-            "--proxy-batch-size", 8, "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 1,
+            "--proxy-batch-size", 8, "--calib-batches", 1, "--top-k", 2, "--front-measure", 0, "--generations", 0,
             "--population", 4, "--no-onnx", "--no-progress"]
     assert search_cli.main([str(a) for a in argv]) == 0
     summary = json.loads((out / "search.json").read_text())
