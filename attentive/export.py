@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from .fileio import umask, write_json_atomic, write_text_atomic
 from .calibration import calibrate_bn
 from .evaluate import accuracy
 from .flops import count_flops, count_params
@@ -61,31 +62,6 @@ def _mac_handles() -> dict[str, Any]:
 # Atomic files and directories
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; outputs get the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def check_output_dir(path: str | Path, force: bool) -> Path:
     """Refuse an existing output (file or directory) unless `force`; a file is never replaced by a directory."""
     path = Path(path)
@@ -105,7 +81,7 @@ def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
         check_output_dir(path, force)  # something may have appeared meanwhile
         if path.exists():

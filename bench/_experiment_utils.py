@@ -7,14 +7,13 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from attentive.fileio import write_bytes_atomic
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,22 +30,6 @@ NEUTRAL_KEYS = ("resume", "output_dir", "log.", "checkpoint.", "data.num_workers
 
 
 # ---- atomic files --------------------------------------------------------------------------------------------
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def jsonable(v: Any) -> Any:
     """numpy scalars/arrays to Python, non-finite floats to None (JSON has no NaN)."""
     if isinstance(v, dict):
