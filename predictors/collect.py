@@ -86,7 +86,8 @@ def _allocate(total: int, capacity: np.ndarray, rng: np.random.Generator) -> np.
 
 
 # ---- the JSONL file ------------------------------------------------------------------------------------
-def _arch_key(arch: Arch) -> str:
+def arch_key(arch: Arch) -> str:
+    """Canonical identity of an arch in measured files (sorted-key JSON)."""
     return arch.to_json()
 
 
@@ -131,7 +132,7 @@ def _parse_rows(path: Path, scanned: list[tuple[int, dict]], space: SearchSpace,
         top1 = row["top1"]
         if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not np.isfinite(top1):
             raise ValueError(f"{where}: top1 must be a finite number, got {top1!r}")
-        key = _arch_key(arch)
+        key = arch_key(arch)
         if key in seen:
             warnings.warn(f"{where}: arch measured twice; keeping the first row", RuntimeWarning, stacklevel=3)
             continue
@@ -160,7 +161,7 @@ def _open_for_append(path: Path, space: SearchSpace, tag: str | None) -> tuple[d
     if path.exists():
         scanned, complete = _scan_jsonl(path)
         for row in _parse_rows(path, scanned, space, tag, check_tag=True):
-            done[_arch_key(Arch.from_dict(row["arch"]))] = row
+            done[arch_key(Arch.from_dict(row["arch"]))] = row
         if complete < path.stat().st_size:
             os.truncate(path, complete)
     else:
@@ -203,8 +204,8 @@ def measure_archs(
     out_file = None
     if out_path is not None:
         done, out_file = _open_for_append(Path(out_path), space, tag)
-    todo = list({_arch_key(a): a for a in archs if _arch_key(a) not in done}.values())
-    total = len({_arch_key(a) for a in archs})
+    todo = list({arch_key(a): a for a in archs if arch_key(a) not in done}.values())
+    total = len({arch_key(a) for a in archs})
 
     saved_arch = getattr(supernet, "active_arch", None)
     saved_bn = [b.detach().clone() for b in _bn_buffers(supernet)]
@@ -220,7 +221,7 @@ def measure_archs(
                     out_file.write(json.dumps(row, sort_keys=True) + "\n")
                     out_file.flush()
                     os.fsync(out_file.fileno())
-                done[_arch_key(arch)] = row
+                done[arch_key(arch)] = row
                 bar.update(1)
                 bar.set_postfix(top1=f"{top1:.2f}")
     finally:
@@ -233,4 +234,4 @@ def measure_archs(
             m.training = mode
         if saved_arch is not None:
             supernet.set_arch(saved_arch)
-    return [done[_arch_key(a)] for a in archs]
+    return [done[arch_key(a)] for a in archs]

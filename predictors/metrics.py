@@ -24,7 +24,8 @@ def rank_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Kendall tau, Spearman rho and top-10% overlap (NaN when undefined, e.g. constant input)."""
     predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
     if predicted.shape != true.shape or predicted.ndim != 1:
-        raise ValueError(f"predicted and true must be 1-D arrays of equal length, got {predicted.shape} and {true.shape}")
+        raise ValueError(f"predicted and true must be 1-D arrays of equal length, got {predicted.shape} and "
+                         f"{true.shape}")
     if len(true) < 2:
         raise ValueError(f"rank metrics need at least 2 archs, got {len(true)}")
     constant = np.ptp(predicted) == 0 or np.ptp(true) == 0  # scipy warns and returns NaN; say so quietly

@@ -28,7 +28,7 @@ from attentive.checkpoint import load_supernet
 from attentive.flops import count_flops_batch
 from attentive.space import Arch, SearchSpace
 
-from .collect import _arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
+from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
 from .features import features
 from .io import write_bytes_atomic, write_json_atomic
 from .metrics import rank_metrics, regression_metrics
@@ -167,10 +167,10 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
     if len(existing) >= args.num_archs:
         print(f"reusing {args.num_archs} of {len(existing)} measured archs in {data_path}", file=sys.stderr)
         return existing[: args.num_archs]
-    have = {_arch_key(Arch.from_dict(r["arch"])) for r in existing}
+    have = {arch_key(Arch.from_dict(r["arch"])) for r in existing}
     # The same list as a fresh run with this seed: an interrupted run resumes exactly where it stopped.
     candidates = stratified_archs(space, args.num_archs, np.random.default_rng(args.seed))
-    todo = [a for a in candidates if _arch_key(a) not in have][: args.num_archs - len(existing)]
+    todo = [a for a in candidates if arch_key(a) not in have][: args.num_archs - len(existing)]
     splits = splits_fn()
     calib = calibration_batches(splits.train, args.calib_batch_size, args.calib_batches, seed=CALIBRATION_SEED)
     holdout = splits.holdout

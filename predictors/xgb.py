@@ -164,7 +164,8 @@ class AccuracyPredictor:
 
     @classmethod
     def from_state(cls, state: dict[str, str], space: SearchSpace) -> "AccuracyPredictor":
-        if not isinstance(state, dict) or state.get("format") != FORMAT or not {"meta_json", "model_json"} <= set(state):
+        keys = {"meta_json", "model_json"}
+        if not isinstance(state, dict) or state.get("format") != FORMAT or not keys <= set(state):
             raise ValueError(f"not an AccuracyPredictor state: expected a dict with format '{FORMAT}', "
                              f"'meta_json' and 'model_json'")
         meta = json.loads(state["meta_json"])

@@ -263,7 +263,8 @@ def test_collection_refuses_mixing_files(tiny_measurement, big, tmp_path):
     measure_archs(supernet, archs[:1], calib, loader, out_path=out, progress=False, tag="ckpt-a")
     with pytest.raises(ValueError, match="line 1: measured under tag 'ckpt-a'"):
         measure_archs(supernet, archs[:2], calib, loader, out_path=out, progress=False, tag="ckpt-b")
-    with pytest.raises(ValueError, match=f"line 1: measured in another search space .*'attentivenas' has hash {big.hash}"):
+    with pytest.raises(ValueError, match=f"line 1: measured in another search space .*'attentivenas' has hash "
+                                         f"{big.hash}"):
         read_rows(out, big)
     out.write_text(out.read_text() + "not json\n" + out.read_text())
     with pytest.raises(ValueError, match="line 2: not valid JSON"):
