@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean-demo
+.PHONY: venv test demo bench fashion-mnist
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ venv: $(STAMP)
 test: venv
 	$(PY) -m pytest -q tests
 
-demo: venv
+FMNIST_DEB := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+# Fashion-MNIST: Debian's package when we are root, else torchvision's download (attentive/data.py).
+fashion-mnist:
+	@if [ ! -f $(FMNIST_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
+
+demo: venv fashion-mnist
 	$(PY) -m attentive.demo --out demo_out
 
 bench: venv
