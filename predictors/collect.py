@@ -23,7 +23,7 @@ from attentive.evaluate import evaluate_arch
 from attentive.flops import count_flops, count_flops_batch
 from attentive.space import Arch, SearchSpace
 
-from .io import fsync_dir
+from attentive.fileio import fsync_dir
 
 DEFAULT_NUM_BUCKETS = 20
 

@@ -30,7 +30,7 @@ from attentive.space import Arch, SearchSpace
 
 from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
 from .features import features
-from .io import write_bytes_atomic, write_json_atomic
+from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
 from .xgb import AccuracyPredictor, tune_params

@@ -18,7 +18,7 @@ import xgboost as xgb
 from attentive.space import SearchSpace
 
 from .features import FEATURE_VERSION, ArchBatch, feature_names, features
-from .io import write_bytes_atomic, write_json_atomic
+from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import regression_metrics
 
 FORMAT = "attentive.accuracy_predictor"
