@@ -30,3 +30,15 @@ def space(request):
 def _two_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tests of tiny nets: a second intra-op thread gains nothing there, and on a busy 2-core machine
+    OpenMP threads competing with other processes made ops many times slower (grad_norm on 24 tiny-space
+    archs: 28 s vs 1 s of CPU). Used via `pytestmark`, so it runs after `_two_threads`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+

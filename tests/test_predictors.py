@@ -18,14 +18,7 @@ from predictors.xgb import AccuracyPredictor, tune_params
 FAST = {"n_estimators": 60}  # enough trees for the tests' synthetic targets, fast to fit
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # These nets are tiny: with 2 intra-op threads a busy 2-core machine spent 28x the CPU time spinning
-    # (grad_norm on 24 tiny-space archs: 28 s vs 1 s of CPU). Runs after conftest's thread fixture.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

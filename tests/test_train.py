@@ -41,14 +41,7 @@ def _first_batch(trainer, epoch=0):
     return next(iter(trainer.train_loader))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Batches of 16 tiny images gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
-    # competing with other processes make each op many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
