@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from .flops import count_flops, count_flops_batch
-from .space import Arch, SearchSpace
+from .space import Arch, SearchSpace, _require_generator
 
 __all__ = [
     "CACHE_ENV", "DEFAULT_STEP_MFLOPS", "SAMPLERS", "MODES", "FlopsBuckets", "UniformSampler", "AttentiveSampler",
@@ -65,31 +65,9 @@ def default_step_mflops(space: SearchSpace) -> float:
     return 10.0 ** (exponent + 1)
 
 
-def _require_generator(rng: Any) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"expected a seeded numpy.random.Generator, got {type(rng).__name__}")
+def _decode_many(space: SearchSpace, rows: np.ndarray) -> list[Arch]:
+    return [space.arch_from_indices(r) for r in rows.tolist()]
 
-
-class _IndexDecoder:
-    """Gene-index rows -> Arch, with the option tables built once (space.arch_from_indices rebuilds them per call)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.options = [tuple(o) for opts in space.choices().values() for o in opts]
-        self.n = space.num_stages
-
-    def __call__(self, row: Sequence[int]) -> Arch:
-        values = [opt[i] for opt, i in zip(self.options, row.tolist() if isinstance(row, np.ndarray) else row)]
-        n = self.n
-        return Arch(
-            resolution=values[0],
-            width=tuple(values[1 : n + 3]),
-            depth=tuple(values[n + 3 : 2 * n + 3]),
-            kernel_size=tuple(values[2 * n + 3 : 3 * n + 3]),
-            expand_ratio=tuple(values[3 * n + 3 : 4 * n + 3]),
-        )
-
-    def many(self, rows: np.ndarray) -> list[Arch]:
-        return [self(r) for r in rows.tolist()]
 
 
 # ---- FLOPs buckets ---------------------------------------------------------------------------------------------
@@ -384,8 +362,8 @@ def flops_scorer(space: SearchSpace, num_classes: int | None = None) -> IndexSco
     return IndexScorer(lambda x: count_flops_batch(space, x, num_classes), name="mflops")
 
 
-def _scores(score_fn: ScoreFn, indices: np.ndarray, decode: _IndexDecoder) -> np.ndarray:
-    arg = indices if getattr(score_fn, "accepts_indices", False) else decode.many(indices)
+def _scores(score_fn: ScoreFn, indices: np.ndarray, space: SearchSpace) -> np.ndarray:
+    arg = indices if getattr(score_fn, "accepts_indices", False) else _decode_many(space, indices)
     scores = np.asarray(score_fn(arg), dtype=np.float64).reshape(-1)
     if scores.shape != (len(indices),):
         raise ValueError(f"score_fn returned {scores.size} scores for {len(indices)} archs")
@@ -402,7 +380,6 @@ class _Sampler:
         self.space = space
         self.seed = int(seed)
         self.rng = np.random.Generator(np.random.PCG64(self.seed))  # own stream: never the global RNGs
-        self._decode = _IndexDecoder(space)
 
     def sample(self, num: int, score_fn: ScoreFn | None = None) -> list[Arch]:
         raise NotImplementedError
@@ -444,7 +421,7 @@ class UniformSampler(_Sampler):
 
     def sample(self, num: int, score_fn: ScoreFn | None = None) -> list[Arch]:
         num = self._check_num(num)
-        return self._decode.many(self.space.sample_indices(self.rng, num))
+        return _decode_many(self.space, self.space.sample_indices(self.rng, num))
 
 
 class AttentiveSampler(_Sampler):
@@ -484,9 +461,9 @@ class AttentiveSampler(_Sampler):
             return []
         targets = self.buckets.sample_buckets(num, self.rng)
         cands = self.buckets.draw_many(targets, self.num_trials, self.rng, self.mutate_prob, self.mutate_tries)
-        scores = _scores(score_fn, cands.reshape(num * self.num_trials, -1), self._decode).reshape(num, -1)
+        scores = _scores(score_fn, cands.reshape(num * self.num_trials, -1), self.space).reshape(num, -1)
         pick = scores.argmax(axis=1) if self.mode == "bestup" else scores.argmin(axis=1)
-        return self._decode.many(cands[np.arange(num), pick])
+        return _decode_many(self.space, cands[np.arange(num), pick])
 
     def state_dict(self) -> dict[str, Any]:
         d = super().state_dict()

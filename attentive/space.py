@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -254,9 +255,14 @@ class SearchSpace:
         """Number of options of each gene, in `genes` order (resolution, widths, depths, kernels, expands)."""
         return [len(o) for options in self.choices().values() for o in options]
 
+    @cached_property
+    def gene_options(self) -> tuple[tuple, ...]:
+        """Allowed values of each gene, in gene order; built once (decoding is on the samplers' hot path)."""
+        return tuple(tuple(o) for opts in self.choices().values() for o in opts)
+
     def arch_from_indices(self, idx: Sequence[int]) -> Arch:
-        options = [o for opts in self.choices().values() for o in opts]
-        values = [opt[int(i)] for opt, i in zip(options, idx)]
+        idx = idx.tolist() if isinstance(idx, np.ndarray) else idx
+        values = [opt[int(i)] for opt, i in zip(self.gene_options, idx)]
         n = self.num_stages
         return Arch(
             resolution=values[0],
@@ -269,8 +275,7 @@ class SearchSpace:
     def arch_to_indices(self, arch: Arch) -> list[int]:
         self.validate(arch)
         values = [arch.resolution, *arch.width, *arch.depth, *arch.kernel_size, *arch.expand_ratio]
-        options = [o for opts in self.choices().values() for o in opts]
-        return [opt.index(v) for opt, v in zip(options, values)]
+        return [opt.index(v) for opt, v in zip(self.gene_options, values)]
 
     def mutate(self, arch: Arch, rng: np.random.Generator, prob: float = 0.1, keep_resolution: bool = False) -> Arch:
         """Each gene switches to another allowed value with probability `prob`."""
