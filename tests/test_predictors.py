@@ -69,8 +69,9 @@ def test_features_refuse_bad_index_arrays(tiny):
         features(tiny, idx[:, :-1])
     with pytest.raises(ValueError, match="integers"):
         features(tiny, idx.astype(float))
-    idx[1, 10] = 3  # gene 10, the depth of stage mb2, has 3 options
-    with pytest.raises(ValueError, match=r"row 1, gene 10: index 3 out of range \[0, 3\)"):
+    idx[1, 11] = 3  # gene 11, the depth of stage mb3, has 3 options
+    assert tiny.gene_sizes()[11] == 3
+    with pytest.raises(ValueError, match=r"row 1, gene 11: index 3 out of range \[0, 3\)"):
         features(tiny, idx)
     with pytest.raises(ValueError, match="resolution 32 not allowed"):
         features(tiny, [{**tiny.min_arch().to_dict(), "resolution": 32}])
