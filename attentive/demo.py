@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from attentive.fileio import write_text_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGETS = "3,5,8"
 
@@ -37,7 +39,7 @@ def run_stage(title: str, cmd: list[str], done_marker: Path, log_dir: Path) -> f
         raise SystemExit(f"[demo] {title} finished but did not write {done_marker}")
     seconds = time.time() - t0
     log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / f"{done_marker.parent.name}.seconds").write_text(f"{seconds:.1f}\n")
+    write_text_atomic(log_dir / f"{done_marker.parent.name}.seconds", f"{seconds:.1f}\n")
     return seconds
 
 
@@ -94,7 +96,8 @@ def write_report(out: Path, table: str, seconds: dict[str, float]) -> Path:
                          f"Spearman rho {xgb.get('spearman_rho', float('nan')):.3f}, RMSE {xgb.get('rmse', float('nan')):.3f}.\n")
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if v)
     report = out / "report.md"
-    report.write_text(
+    write_text_atomic(
+        report,
         "# attentive demo: tiny space on Fashion-MNIST\n\n"
         f"{table}\n\n"
         "Held-out top-1 is measured on a split of the training set (used to choose); test top-1 on the official "

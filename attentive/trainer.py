@@ -38,6 +38,7 @@ from .config import diff_configs, save_config
 from .data import build_datasets, build_loader, calibration_batches, set_loader_epoch
 from .distributed import (DistEnv, all_gather_json, all_reduce_gradients, all_reduce_mean, all_reduce_sum,
                           broadcast_json, broadcast_module)
+from .fileio import write_json_atomic, write_text_atomic
 from .flops import count_flops, count_flops_batch
 from .logging_utils import MetricsLogger, get_logger
 from .space import Arch, load_space
@@ -454,8 +455,8 @@ class Trainer:
         if self.env.is_main:
             out_dir = self.run_dir / "predictor"
             out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / f"measured_epoch_{epochs_done:04d}.jsonl", "w") as f:
-                f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in ordered)
+            write_text_atomic(out_dir / f"measured_epoch_{epochs_done:04d}.jsonl",
+                              "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
             self.predictor.save(out_dir / f"epoch_{epochs_done:04d}")
         summary = {"num_archs": len(ordered), "top1_min": float(top1.min()), "top1_max": float(top1.max()),
                    "top1_mean": float(top1.mean()), "seconds": time.perf_counter() - start}
@@ -652,9 +653,7 @@ class Trainer:
         self._log("final", **{f"holdout_top1_{k}": v for k, v in report["holdout_top1"].items()},
                   **{f"test_top1_{k}": v for k, v in report.get("test_top1", {}).items()})
         if self.env.is_main:
-            tmp = self.run_dir / ".final.json.tmp"
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
-            os.replace(tmp, self.run_dir / "final.json")
+            write_json_atomic(self.run_dir / "final.json", report)
         self.log.info("done: held-out top-1 %s; test top-1 %s (reported only)",
                       ", ".join(f"{k} {v:.2f}" for k, v in report["holdout_top1"].items()),
                       ", ".join(f"{k} {v:.2f}" for k, v in report.get("test_top1", {}).items()) or "not run")
