@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from .fileio import write_text_atomic
 
 # Defaults of every key. A comment says what a key does; the same text is in configs/train/*.yaml.
 DEFAULTS: dict[str, Any] = {
@@ -324,17 +324,8 @@ def dump_config(cfg: dict[str, Any]) -> str:
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dump_config(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the resolved config as YAML, atomically (attentive.fileio)."""
+    write_text_atomic(path, dump_config(cfg))
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .fileio import write_text_atomic
 
 LOGGER_NAME = "attentive"
 
@@ -63,10 +63,7 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
                 continue
             if isinstance(rec, dict) and rec.get("step", 0) <= max_step:
                 kept.append(json.dumps(rec))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class MetricsLogger:
