@@ -21,14 +21,14 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
 
 
+def _command_lines(block: str) -> list[str]:
+    """A bash block's commands: continuations joined, comments and blank lines dropped."""
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in block.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def _commands() -> list[list[str]]:
-    commands = []
-    for block in _blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line and not line.startswith("#"):
-                commands.append(shlex.split(line))
-    return commands
+    return [shlex.split(line) for block in _blocks("bash") for line in _command_lines(block)]
 
 
 COMMANDS = _commands()
@@ -39,8 +39,7 @@ def _args_after(cmd: list[str], entry: str) -> list[str]:
 
 
 def test_readme_opens_with_the_two_commands():
-    first = _blocks("bash")[0]
-    assert [re.sub(r"\s+#.*$", "", line).strip() for line in first.strip().splitlines()] == ["make demo", "make test"]
+    assert _command_lines(_blocks("bash")[0]) == ["make demo", "make test"]
 
 
 def test_every_command_has_a_known_entry_point():
