@@ -1,7 +1,9 @@
 """Training: the sandwich step, samplers and scorers, checkpoints, exact resume after SIGKILL, NaN stop, logs.
 
 Everything runs the tiny space on small synthetic data (configs/train/smoke.yaml with fewer steps)."""
+import ctypes
 import json
+import platform
 import os
 import shutil
 import signal
@@ -207,3 +209,48 @@ def test_channels_last_is_default_on_cpu(tmp_path):
     assert t.channels_last
     w = t.model.blocks[0].conv_dw.weight
     assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- CPU runtime settings ------------------------------------------------------------------------------
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="mallopt is glibc's")
+def test_keep_freed_memory_serves_and_keeps_16mib_blocks_in_the_heap():
+    from attentive.cpu_runtime import keep_freed_memory
+
+    assert keep_freed_memory() is True  # both mallopt calls accepted (an out-of-range value returns False)
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = _Mallinfo2
+    mmapped_before = libc.mallinfo2().hblkhd
+    block = libc.malloc(16 << 20)  # an activation-sized block: glibc's defaults would mmap it
+    assert block
+    try:
+        assert libc.mallinfo2().hblkhd == mmapped_before  # served from the heap, not by mmap
+    finally:
+        libc.free(block)
+    assert libc.mallinfo2().fordblks >= 16 << 20  # and kept there after free, not trimmed back to the OS
+
+
+def test_keep_freed_memory_is_a_no_op_outside_glibc(monkeypatch):
+    from attentive import cpu_runtime
+
+    monkeypatch.setattr(cpu_runtime.platform, "libc_ver", lambda: ("", ""))
+    assert cpu_runtime.keep_freed_memory() is False
+
+
+def test_primitive_cache_capacity_is_set_unless_the_user_chose_one(monkeypatch):
+    from attentive import cpu_runtime
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert cpu_runtime.enlarge_primitive_cache() is True
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(cpu_runtime.PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert cpu_runtime.enlarge_primitive_cache() is False
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
