@@ -1,8 +1,11 @@
 """Arch -> feature vector, vectorized over many archs.
 
 Features (in this order): resolution; width of the stem, of every stage and of the head; depth, kernel size
-and expand ratio of every stage; analytic MFLOPs and parameters (millions). Raw values, not one-hot: tree
-models split on them directly and the MLP standardizes them.
+and expand ratio of every stage -- the "genes" -- then analytic MFLOPs and parameters (millions). Raw values,
+not one-hot: tree models split on them directly and the MLP standardizes them.
+
+Two feature sets: "all" (the whole vector) and "genes" (without the two cost totals). The accuracy predictor
+uses "genes" (predictors/xgb.py says why, with the measurements).
 
 `FEATURE_VERSION` changes whenever the layout or meaning of the vector changes; a saved predictor records it
 (with the space hash) and refuses to load under another one.
@@ -20,6 +23,13 @@ from attentive.space import Arch, SearchSpace
 FEATURE_VERSION = 1
 
 ArchBatch = Sequence[Arch | dict] | np.ndarray
+FEATURE_SETS = ("all", "genes")
+_DERIVED = ["mflops", "mparams"]
+
+
+def _check_feature_set(feature_set: str) -> None:
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; allowed: {list(FEATURE_SETS)}")
 
 
 @lru_cache(maxsize=32)
@@ -28,15 +38,16 @@ def _gene_value_tables(space_hash: str, space: SearchSpace) -> tuple[np.ndarray,
     return tuple(np.asarray(options, dtype=np.float64) for opts in space.choices().values() for options in opts)
 
 
-def feature_names(space: SearchSpace) -> list[str]:
-    """Column names of `features(space, ...)`, e.g. for feature importances and plots."""
+def feature_names(space: SearchSpace, feature_set: str = "all") -> list[str]:
+    """Column names of `features(space, ..., feature_set)`, e.g. for feature importances and plots."""
+    _check_feature_set(feature_set)
     stages = [s.name for s in space.stages]
     return (
         ["resolution", "width_stem", *[f"width_{s}" for s in stages], "width_head"]
         + [f"depth_{s}" for s in stages]
         + [f"kernel_{s}" for s in stages]
         + [f"expand_{s}" for s in stages]
-        + ["mflops", "mparams"]
+        + (_DERIVED if feature_set == "all" else [])
     )
 
 
@@ -58,14 +69,18 @@ def to_indices(space: SearchSpace, archs: ArchBatch) -> np.ndarray:
     return archs.astype(np.int64, copy=False)
 
 
-def features(space: SearchSpace, archs: ArchBatch) -> np.ndarray:
+def features(space: SearchSpace, archs: ArchBatch, feature_set: str = "all") -> np.ndarray:
     """Feature matrix (n, F) float32 for `archs`: a list of Arch/dicts, or a gene-index array from
     `space.sample_indices` / `attentive.encode` (the fast path: no Python loop over archs)."""
+    _check_feature_set(feature_set)
     idx = to_indices(space, archs)
     tables = _gene_value_tables(space.hash, space)
-    out = np.empty((len(idx), len(tables) + 2), dtype=np.float32)
+    num_derived = len(_DERIVED) if feature_set == "all" else 0
+    out = np.empty((len(idx), len(tables) + num_derived), dtype=np.float32)
     for g, values in enumerate(tables):
         out[:, g] = values[idx[:, g]]
+    if not num_derived:
+        return out
     flops, params = flops_table(space)(idx)
     out[:, -2] = flops / 1e6
     out[:, -1] = params / 1e6

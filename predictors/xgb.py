@@ -17,7 +17,7 @@ import xgboost as xgb
 
 from attentive.space import SearchSpace
 
-from .features import FEATURE_VERSION, ArchBatch, feature_names, features
+from .features import FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features
 from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import regression_metrics
 
@@ -47,6 +47,15 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_child_weight": 1.0,
     "reg_lambda": 1.0,
 }
+# Feature set: the genes only, without the MFLOPs/params totals (predictors/features.py). In a sandwich-trained
+# supernet accuracy is far from monotone in cost (the max and min subnets are trained every step, the middle
+# ones rarely; MFLOPs alone ranks at tau 0.40), and with a few hundred archs the trees' greedy first splits on
+# the totals fragment the data. Mean held-out Kendall tau over 20 random splits (100 archs held out each):
+#   4-epoch supernet, 500 archs on 6,000 held-out images: fit on 200: genes 0.802, all 0.770; on 400: 0.844, 0.819
+#   3-epoch supernet, 300 other archs (a second, independent check): fit on 200: genes 0.737, all 0.705
+# The parameters below were rechecked for gene features (tune_params on 200 archs of the 3-epoch set, scored on
+# the 4-epoch set): the grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as these.
+DEFAULT_FEATURE_SET = "genes"
 # The grid `tune_params` searches by default (and the one the defaults above were chosen from).
 DEFAULT_GRID: dict[str, list] = {
     "n_estimators": [200, 400, 800],
@@ -100,9 +109,9 @@ class AccuracyPredictor:
     # ---- fitting and predicting ----------------------------------------------------------------------
     @classmethod
     def fit(cls, space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray, seed: int = 0,
-            params: dict[str, Any] | None = None) -> "AccuracyPredictor":
+            params: dict[str, Any] | None = None, feature_set: str = DEFAULT_FEATURE_SET) -> "AccuracyPredictor":
         """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key."""
-        x = features(space, archs)
+        x = features(space, archs, feature_set)
         y = _check_targets(top1, len(x))
         if len(x) < 2:
             raise ValueError(f"need at least 2 measured archs to fit a predictor, got {len(x)}")
@@ -117,7 +126,8 @@ class AccuracyPredictor:
             "space_name": space.name,
             "space_hash": space.hash,
             "feature_version": FEATURE_VERSION,
-            "feature_names": feature_names(space),
+            "feature_set": feature_set,
+            "feature_names": feature_names(space, feature_set),
             "target": "top-1 accuracy (%) on the held-out split of the training set",
             "num_archs": len(x),
             "seed": int(seed),
@@ -129,12 +139,16 @@ class AccuracyPredictor:
 
     def predict(self, archs: ArchBatch) -> np.ndarray:
         """Predicted top-1 (%) per arch, float64. A gene-index array (space.sample_indices) is the fast path."""
-        x = features(self.space, archs)
+        x = features(self.space, archs, self.feature_set)
         if len(x) == 0:
             return np.zeros(0)
         return self.booster.inplace_predict(x).astype(np.float64)
 
     __call__ = predict  # usable directly as a search score function
+
+    @property
+    def feature_set(self) -> str:
+        return self.meta.get("feature_set", "all")  # predictors saved before feature sets existed used "all"
 
     @property
     def num_archs(self) -> int:
@@ -199,6 +213,9 @@ def _check_meta(meta: Any, space: SearchSpace, where: str) -> None:
     if meta.get("space_hash") != space.hash:
         raise ValueError(f"{where}: predictor was fit for space '{meta.get('space_name')}' (hash "
                          f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
+    if meta.get("feature_set", "all") not in FEATURE_SETS:
+        raise ValueError(f"{where}: unknown feature set {meta.get('feature_set')!r}; this code computes "
+                         f"{list(FEATURE_SETS)}")
     if meta.get("feature_version") != FEATURE_VERSION:
         raise ValueError(f"{where}: predictor uses feature version {meta.get('feature_version')}, this code "
                          f"computes feature version {FEATURE_VERSION}; refit it (python -m predictors.retrain)")
@@ -207,10 +224,10 @@ def _check_meta(meta: Any, space: SearchSpace, where: str) -> None:
 # ---- hyperparameter selection --------------------------------------------------------------------------
 def tune_params(space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray,
                 grid: dict[str, list] | None = None, folds: int = 5, seed: int = 0,
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                feature_set: str = DEFAULT_FEATURE_SET) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """K-fold CV over the product of `grid` (default `DEFAULT_GRID`); picks the highest mean held-out Kendall
     tau (ties: lower RMSE). Returns (best params, one row per candidate with its mean metrics)."""
-    x = features(space, archs)
+    x = features(space, archs, feature_set)
     y = _check_targets(top1, len(x))
     if folds < 2 or len(x) < 2 * folds:
         raise ValueError(f"{folds}-fold CV needs folds >= 2 and at least {2 * folds} archs, got {len(x)}")

@@ -63,6 +63,16 @@ def test_features_equal_for_index_arrays_arch_lists_and_dicts(tiny, big):
         assert row["mflops"] == pytest.approx(count_flops(space, a), rel=1e-6)
 
 
+def test_gene_feature_set_is_the_full_vector_without_the_cost_totals(tiny):
+    idx = tiny.sample_indices(np.random.default_rng(2), 30)
+    full, genes = features(tiny, idx, "all"), features(tiny, idx, "genes")
+    np.testing.assert_array_equal(genes, full[:, :-2])
+    assert feature_names(tiny, "genes") == feature_names(tiny)[:-2] and feature_names(tiny)[-2:] == ["mflops", "mparams"]
+    assert genes.shape[1] == len(tiny.gene_sizes())  # one column per gene
+    with pytest.raises(ValueError, match=r"unknown feature set 'cost'; allowed: \['all', 'genes'\]"):
+        features(tiny, idx, "cost")
+
+
 def test_features_refuse_bad_index_arrays(tiny):
     idx = tiny.sample_indices(np.random.default_rng(0), 3)
     with pytest.raises(ValueError, match=r"shape \(n, 27\)"):
@@ -138,6 +148,25 @@ def test_load_refuses_other_space_other_feature_version_and_torn_pairs(tiny, big
         AccuracyPredictor.load(tmp_path, tiny)
     with pytest.raises(FileNotFoundError, match="meta.json"):
         AccuracyPredictor.load(tmp_path / "nowhere", tiny)
+
+
+def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitted, tmp_path):
+    probe = tiny.sample_indices(np.random.default_rng(8), 50)
+    assert fitted.feature_set == "genes" and fitted.meta["feature_names"] == feature_names(tiny, "genes")
+    rng = np.random.default_rng(0)
+    idx = tiny.sample_indices(rng, 60)
+    with_costs = AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), params=FAST, feature_set="all")
+    assert with_costs.booster.num_features() == len(feature_names(tiny))
+    with_costs.save(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["feature_set"]  # a predictor saved before feature sets existed
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    old = AccuracyPredictor.load(tmp_path, tiny)
+    assert old.feature_set == "all"
+    np.testing.assert_array_equal(old.predict(probe), with_costs.predict(probe))
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "feature_set": "cost"}))
+    with pytest.raises(ValueError, match="unknown feature set 'cost'"):
+        AccuracyPredictor.load(tmp_path, tiny)
 
 
 def test_fit_refuses_bad_targets_and_params(tiny):
@@ -326,8 +355,9 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     assert len(_lines(data)) == 24  # the two missing archs were measured and appended
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
-    assert set(metrics["models"]) == {"xgboost", "random_forest", "mlp", "mflops (baseline)"}
-    assert set(metrics["sizes"]["8"]) == {"xgboost", "random_forest", "mlp"}
+    models = {"xgboost", "xgboost_all_features", "random_forest", "mlp", "gaussian_process"}
+    assert set(metrics["models"]) == models | {"mflops (baseline)"}
+    assert set(metrics["sizes"]["8"]) == models
     assert -1 <= metrics["proxies"]["grad_norm"]["kendall_tau"] <= 1
     predictor = AccuracyPredictor.load(out, tiny)
     assert predictor.num_archs == 18
