@@ -4,8 +4,8 @@ Features (in this order): resolution; width of the stem, of every stage and of t
 and expand ratio of every stage -- the "genes" -- then analytic MFLOPs and parameters (millions). Raw values,
 not one-hot: tree models split on them directly and the MLP standardizes them.
 
-Two feature sets: "all" (the whole vector) and "genes" (without the two cost totals). The accuracy predictor
-uses "genes" (predictors/xgb.py says why, with the measurements).
+Two feature sets: "all" (the whole vector) and "genes" (without the two cost totals); "auto" picks by the number
+of archs a model is fit on (`resolve_feature_set`). predictors/xgb.py gives the measurements behind it.
 
 `FEATURE_VERSION` changes whenever the layout or meaning of the vector changes; a saved predictor records it
 (with the space hash) and refuses to load under another one.
@@ -27,9 +27,22 @@ FEATURE_SETS = ("all", "genes")
 _DERIVED = ["mflops", "mparams"]
 
 
+# "auto" fits on "genes" from this many archs on, on "all" below: with a few dozen archs the MFLOPs total is the
+# best single summary, with more the trees do better without it (predictors/xgb.py).
+GENES_MIN_ARCHS = 100
+
+
 def _check_feature_set(feature_set: str) -> None:
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; allowed: {list(FEATURE_SETS)}")
+
+
+def resolve_feature_set(feature_set: str, num_archs: int) -> str:
+    """"auto" -> "all" below `GENES_MIN_ARCHS` fitting archs, else "genes"; "all" / "genes" pass through."""
+    if feature_set == "auto":
+        return "all" if num_archs < GENES_MIN_ARCHS else "genes"
+    _check_feature_set(feature_set)
+    return feature_set
 
 
 @lru_cache(maxsize=32)

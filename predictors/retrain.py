@@ -31,15 +31,16 @@ from attentive.flops import count_flops_batch
 from attentive.space import Arch, SearchSpace
 
 from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
-from .features import feature_names, features
+from .features import features, resolve_feature_set
 from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
 from .xgb import DEFAULT_FEATURE_SET, AccuracyPredictor, tune_params
 
 CALIBRATION_SEED = 0  # fixed, not --seed: measurements stay comparable (and resumable) across --seed values
-# "xgboost" is the predictor written to OUT (gene features); "xgboost_all_features" is the same model given the
-# MFLOPs/params totals too, reported to show why the predictor leaves them out. Baselines get the gene features.
+# "xgboost" is the predictor written to OUT (feature set "auto": gene features from 100 fitting archs on);
+# "xgboost_all_features" is the same model always given the MFLOPs/params totals too. The baselines get the
+# predictor's feature set.
 MODEL_NAMES = ("xgboost", "xgboost_all_features", "random_forest", "mlp", "gaussian_process")
 
 
@@ -194,7 +195,8 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
 
 
 # ---- models ------------------------------------------------------------------------------------------------
-def _sklearn_models(space: SearchSpace, seed: int) -> dict[str, Callable[[], Any]]:
+def _sklearn_models(seed: int) -> dict[str, Callable[[int], Any]]:
+    """Model factories by name; each takes the number of input features."""
     try:
         from sklearn.compose import TransformedTargetRegressor
         from sklearn.ensemble import RandomForestRegressor
@@ -208,18 +210,18 @@ def _sklearn_models(space: SearchSpace, seed: int) -> dict[str, Callable[[], Any
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-    def gaussian_process():
+    def gaussian_process(num_features: int):
         # One length scale per feature (ARD), a noise term for the measurement noise; hyperparameters by
         # marginal likelihood, as in BO-based NAS predictors (e.g. BANANAS' GP baseline, NASBOT).
-        kernel = (ConstantKernel(1.0) * RBF(length_scale=[3.0] * len(feature_names(space, DEFAULT_FEATURE_SET)),
-                                             length_scale_bounds=(0.1, 1e3)) + WhiteKernel(0.1))
+        kernel = (ConstantKernel(1.0) * RBF(length_scale=[3.0] * num_features, length_scale_bounds=(0.1, 1e3))
+                  + WhiteKernel(0.1))
         return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True,
                                                                         random_state=seed))
     return {
         # AttentiveNAS fits a random forest on arch encodings.
-        "random_forest": lambda: RandomForestRegressor(n_estimators=300, random_state=seed, n_jobs=1),
+        "random_forest": lambda _: RandomForestRegressor(n_estimators=300, random_state=seed, n_jobs=1),
         # OFA: 3 hidden layers of 400 ReLU units. Inputs and target standardized so Adam converges on few archs.
-        "mlp": lambda: TransformedTargetRegressor(
+        "mlp": lambda _: TransformedTargetRegressor(
             regressor=make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(400, 400, 400),
                                                                     alpha=1e-3, max_iter=2000, random_state=seed)),
             transformer=StandardScaler()),
@@ -229,7 +231,7 @@ def _sklearn_models(space: SearchSpace, seed: int) -> dict[str, Callable[[], Any
 
 def _fit_predict(name: str, space: SearchSpace, archs_train: list[Arch], y_train: np.ndarray,
                  archs_eval: list[Arch], seed: int, xgb_params: dict | None,
-                 sklearn_models: dict[str, Callable[[], Any]]) -> tuple[np.ndarray, float, Any]:
+                 sklearn_models: dict[str, Callable[[int], Any]]) -> tuple[np.ndarray, float, Any]:
     """(predictions on archs_eval, fit seconds, fitted model)."""
     start = time.perf_counter()
     if name in ("xgboost", "xgboost_all_features"):
@@ -245,9 +247,11 @@ def _fit_predict(name: str, space: SearchSpace, archs_train: list[Arch], y_train
     with threadpool_limits(1), warnings.catch_warnings():
         # The GP's optimizer warns when a length scale reaches its bound: an irrelevant feature, not a failure.
         warnings.simplefilter("ignore", category=ConvergenceWarning)
-        model = sklearn_models[name]().fit(features(space, archs_train, DEFAULT_FEATURE_SET), y_train)
+        feature_set = resolve_feature_set(DEFAULT_FEATURE_SET, len(archs_train))
+        x_train = features(space, archs_train, feature_set)
+        model = sklearn_models[name](x_train.shape[1]).fit(x_train, y_train)
         seconds = time.perf_counter() - start
-        return model.predict(features(space, archs_eval, DEFAULT_FEATURE_SET)), seconds, model
+        return model.predict(features(space, archs_eval, feature_set)), seconds, model
 
 
 # ---- reporting ---------------------------------------------------------------------------------------------
@@ -329,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tuning = {"chosen": xgb_params, "grid": grid_rows}
         print(f"tuned XGBoost parameters (5-fold CV on {num_train} archs): {xgb_params}", file=sys.stderr)
 
-    sklearn_models = _sklearn_models(space, args.seed)
+    sklearn_models = _sklearn_models(args.seed)
     names = [n for n in MODEL_NAMES if n.startswith("xgboost") or n in sklearn_models]
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}

@@ -17,7 +17,8 @@ import xgboost as xgb
 
 from attentive.space import SearchSpace
 
-from .features import FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features
+from .features import (FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features, resolve_feature_set,
+                       to_indices)
 from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import regression_metrics
 
@@ -47,15 +48,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_child_weight": 1.0,
     "reg_lambda": 1.0,
 }
-# Feature set: the genes only, without the MFLOPs/params totals (predictors/features.py). In a sandwich-trained
-# supernet accuracy is far from monotone in cost (the max and min subnets are trained every step, the middle
-# ones rarely; MFLOPs alone ranks at tau 0.40), and with a few hundred archs the trees' greedy first splits on
-# the totals fragment the data. Mean held-out Kendall tau over 20 random splits (100 archs held out each):
-#   4-epoch supernet, 500 archs on 6,000 held-out images: fit on 200: genes 0.802, all 0.770; on 400: 0.844, 0.819
-#   3-epoch supernet, 300 other archs (a second, independent check): fit on 200: genes 0.737, all 0.705
+# Feature set "auto" (predictors/features.py): the genes only, without the MFLOPs/params totals, when fitting on
+# 100 archs or more; the whole vector below that. In a sandwich-trained supernet accuracy is far from monotone in
+# cost (the max and min subnets are trained every step, the middle ones rarely; MFLOPs alone ranks at tau
+# 0.40-0.45), and with a few hundred archs the trees' greedy first splits on the totals fragment the data; with a
+# few dozen, the total is the best summary there is. Mean held-out Kendall tau over 20 random splits (100 archs
+# held out each), genes vs all, on three measurement sets of three supernets (3-epoch, 300 archs; 4-epoch, 500;
+# another 4-epoch, 500; all on 6,000 held-out images):
+#   fit on  40: 0.470 / 0.533,  0.541 / 0.590,  -
+#   fit on  50: 0.505 / 0.549,  0.583 / 0.630,  0.590 / 0.626
+#   fit on 100: 0.644 / 0.627,  0.714 / 0.701,  0.714 / 0.704
+#   fit on 200: 0.737 / 0.705,  0.802 / 0.770,  0.798 / 0.767
 # The parameters below were rechecked for gene features (tune_params on 200 archs of the 3-epoch set, scored on
-# the 4-epoch set): the grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as these.
-DEFAULT_FEATURE_SET = "genes"
+# the first 4-epoch set): the grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as
+# these. Bagging 5 boosters or 4 parallel trees per round added 0.004-0.009 (about one standard error).
+DEFAULT_FEATURE_SET = "auto"
 # The grid `tune_params` searches by default (and the one the defaults above were chosen from).
 DEFAULT_GRID: dict[str, list] = {
     "n_estimators": [200, 400, 800],
@@ -110,8 +117,11 @@ class AccuracyPredictor:
     @classmethod
     def fit(cls, space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray, seed: int = 0,
             params: dict[str, Any] | None = None, feature_set: str = DEFAULT_FEATURE_SET) -> "AccuracyPredictor":
-        """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key."""
-        x = features(space, archs, feature_set)
+        """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key; `feature_set` is
+        "all", "genes" or "auto" (by the number of archs; the one used is recorded)."""
+        idx = to_indices(space, archs)
+        feature_set = resolve_feature_set(feature_set, len(idx))
+        x = features(space, idx, feature_set)
         y = _check_targets(top1, len(x))
         if len(x) < 2:
             raise ValueError(f"need at least 2 measured archs to fit a predictor, got {len(x)}")
@@ -227,7 +237,9 @@ def tune_params(space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np
                 feature_set: str = DEFAULT_FEATURE_SET) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """K-fold CV over the product of `grid` (default `DEFAULT_GRID`); picks the highest mean held-out Kendall
     tau (ties: lower RMSE). Returns (best params, one row per candidate with its mean metrics)."""
-    x = features(space, archs, feature_set)
+    idx = to_indices(space, archs)
+    # Resolved for the fold size, as each fold's model is fit on that many archs.
+    x = features(space, idx, resolve_feature_set(feature_set, len(idx) - len(idx) // max(folds, 1)))
     y = _check_targets(top1, len(x))
     if folds < 2 or len(x) < 2 * folds:
         raise ValueError(f"{folds}-fold CV needs folds >= 2 and at least {2 * folds} archs, got {len(x)}")

@@ -10,7 +10,7 @@ from attentive.checkpoint import save_atomic
 from attentive.data import build_datasets, build_loader, calibration_batches
 from predictors import collect
 from predictors.collect import measure_archs, read_rows, stratified_archs
-from predictors.features import FEATURE_VERSION, feature_names, features
+from predictors.features import FEATURE_VERSION, GENES_MIN_ARCHS, feature_names, features, resolve_feature_set
 from predictors.metrics import regression_metrics, top_fraction_overlap
 from predictors.retrain import main as retrain_main, measurement_tag
 from predictors.xgb import AccuracyPredictor, tune_params
@@ -71,6 +71,16 @@ def test_gene_feature_set_is_the_full_vector_without_the_cost_totals(tiny):
     assert genes.shape[1] == len(tiny.gene_sizes())  # one column per gene
     with pytest.raises(ValueError, match=r"unknown feature set 'cost'; allowed: \['all', 'genes'\]"):
         features(tiny, idx, "cost")
+    with pytest.raises(ValueError, match="unknown feature set 'auto'"):
+        features(tiny, idx, "auto")  # "auto" is resolved by the number of fitting archs, not a column layout
+
+
+def test_auto_feature_set_drops_the_cost_totals_from_100_archs_on():
+    assert GENES_MIN_ARCHS == 100
+    assert [resolve_feature_set("auto", n) for n in (2, 40, 99, 100, 400)] == ["all"] * 3 + ["genes"] * 2
+    assert resolve_feature_set("all", 1000) == "all" and resolve_feature_set("genes", 10) == "genes"
+    with pytest.raises(ValueError, match="unknown feature set 'cost'"):
+        resolve_feature_set("cost", 10)
 
 
 def test_features_refuse_bad_index_arrays(tiny):
@@ -152,11 +162,13 @@ def test_load_refuses_other_space_other_feature_version_and_torn_pairs(tiny, big
 
 def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitted, tmp_path):
     probe = tiny.sample_indices(np.random.default_rng(8), 50)
+    # fitted: 300 archs, default "auto" -> genes
     assert fitted.feature_set == "genes" and fitted.meta["feature_names"] == feature_names(tiny, "genes")
+    assert fitted.booster.num_features() == len(feature_names(tiny, "genes"))
     rng = np.random.default_rng(0)
     idx = tiny.sample_indices(rng, 60)
-    with_costs = AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), params=FAST, feature_set="all")
-    assert with_costs.booster.num_features() == len(feature_names(tiny))
+    with_costs = AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), params=FAST)  # 60 archs: "all"
+    assert with_costs.feature_set == "all" and with_costs.booster.num_features() == len(feature_names(tiny))
     with_costs.save(tmp_path)
     meta = json.loads((tmp_path / "meta.json").read_text())
     del meta["feature_set"]  # a predictor saved before feature sets existed
