@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     pred_dir = out / "predictor"
     retrain_cmd = [py, "-m", "predictors.retrain", "--checkpoint", str(ckpt), "--num-archs", str(args.num_archs),
                    "--out", str(pred_dir), "--holdout-images", "2000", "--calib-batches", "4", "--calib-batch-size", "128"]
-    seconds["predictor"] = run_stage("2/3 predictor retraining (XGBoost vs random forest vs MLP)", retrain_cmd,
-                                     pred_dir / "metrics.json", out / "logs")
+    seconds["predictor"] = run_stage("2/3 predictor retraining (XGBoost vs random forest, MLP, Gaussian process)",
+                                     retrain_cmd, pred_dir / "metrics.json", out / "logs")
     search_dir = out / "search"
     seconds["search"] = run_stage(
         f"3/3 Pareto search and export for budgets {args.budgets} MFLOPs",

@@ -178,11 +178,14 @@ def test_checkpoint_of_another_space_is_refused(finished_run, tmp_path, capsys):
     assert "was trained on space 'tiny'" in err and "tiny_wide_head" in err
 
 
-def test_fresh_run_refuses_to_overwrite_checkpoints(finished_run, tmp_path, capsys):
+def test_fresh_run_refuses_to_overwrite_checkpoints(finished_run, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     assert train.main(["-c", str(SMOKE), f"output_dir={run}"]) == 2
     assert "resume=auto" in capsys.readouterr().err
+    # train.py applies the CPU runtime settings before building anything (attentive/cpu_runtime.py).
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16384"
 
 
 def test_non_finite_loss_stops_naming_step_and_arch(tmp_path, monkeypatch, capsys):
