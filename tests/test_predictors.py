@@ -343,6 +343,9 @@ def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
                                               "--proxies", "ntk,zen", *base])
     assert code == 2 and "unknown proxy 'zen'; allowed: ntk, ntk_exact, grad_norm, synflow" in err
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--repeats", "0", *base])
+    assert code == 2 and "--repeats must be >= 1, got 0" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
                                               "--sizes", "10,50", *base])
     assert code == 2 and "--sizes [50] exceed the 16 training archs" in err
     other = tmp_path / "other_space.jsonl"
@@ -359,7 +362,8 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     _write_rows(data, tiny, archs, _formula_top1(tiny, archs, rng), tag=measurement_tag(checkpoint, 1, 8))
     out = tmp_path / "out"
     assert retrain_main(["--checkpoint", str(checkpoint), "--num-archs", "24", "--out", str(out), "--data", str(data),
-                         "--holdout", "0.25", "--calib-batches", "1", "--calib-batch-size", "8", "--sizes", "8",
+                         "--holdout", "0.25", "--calib-batches", "1", "--calib-batch-size", "8", "--sizes", "8,18",
+                         "--repeats", "3",
                          "--proxies", "grad_norm", "--proxy-batch-size", "4", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for name in ("xgboost", "random_forest", "mlp", "mflops (baseline)", "grad_norm"):
@@ -369,7 +373,13 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
     models = {"xgboost", "xgboost_all_features", "random_forest", "mlp", "gaussian_process"}
     assert set(metrics["models"]) == models | {"mflops (baseline)"}
-    assert set(metrics["sizes"]["8"]) == models
+    assert set(metrics["sizes"]["8"]) == models and metrics["size_repeats"] == 3
+    # Split 0 of the size table is the main split: fit on all 18 training archs it reproduces the main table's
+    # tau exactly; the other two splits redraw the held-out archs, so their taus differ.
+    per_split = metrics["sizes_per_split"]["18"]["xgboost"]
+    assert len(per_split) == 3 and per_split[0] == metrics["models"]["xgboost"]["kendall_tau"]
+    assert len(set(per_split)) > 1 and metrics["sizes"]["18"]["xgboost"] == pytest.approx(np.mean(per_split))
+    assert metrics["sizes_std"]["18"]["xgboost"] == pytest.approx(np.std(per_split))
     assert -1 <= metrics["proxies"]["grad_norm"]["kendall_tau"] <= 1
     predictor = AccuracyPredictor.load(out, tiny)
     assert predictor.num_archs == 18
