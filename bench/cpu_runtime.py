@@ -72,8 +72,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.warmup, args.threads)))
         return
-    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ:
-        p.error("unset ONEDNN_PRIMITIVE_CACHE_CAPACITY first: the children must start from oneDNN's default")
+    from attentive.cpu_runtime import PRIMITIVE_CACHE_ENV
+
+    if PRIMITIVE_CACHE_ENV in os.environ:
+        p.error(f"unset {PRIMITIVE_CACHE_ENV} first: the children must start from oneDNN's default")
     times: dict[str, list[float]] = {s: [] for s in SETTINGS}
     for r in range(args.rounds):
         for setting in times:

@@ -116,6 +116,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int]:
         check_proxy_names(args.proxies)
     except ValueError as e:
         raise UsageError(f"--proxies: {e}") from None
+    if args.repeats > 1 and not args.sizes:
+        raise UsageError(f"--repeats {args.repeats} averages the --sizes table over random splits; give --sizes too")
     too_big = [s for s in args.sizes if s > num_train]
     if too_big:
         raise UsageError(f"--sizes {too_big} exceed the {num_train} training archs of --num-archs "

@@ -346,6 +346,9 @@ def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
                                               "--repeats", "0", *base])
     assert code == 2 and "--repeats must be >= 1, got 0" in err
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--repeats", "5", *base])
+    assert code == 2 and "--repeats 5 averages the --sizes table over random splits; give --sizes too" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
                                               "--sizes", "10,50", *base])
     assert code == 2 and "--sizes [50] exceed the 16 training archs" in err
     other = tmp_path / "other_space.jsonl"
