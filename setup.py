@@ -14,6 +14,7 @@ setup(
         "timm>=1.0",
         "fvcore>=0.1.5",
         "xgboost>=2.0",
+        "scikit-learn>=1.3",  # the predictor's Gaussian-process teacher (predictors/teacher.py) and the baselines
         "numpy>=1.24",
         "scipy>=1.10",
         "pyyaml>=6.0",
@@ -22,7 +23,7 @@ setup(
         "tensorboard>=2.12",
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-learn>=1.3", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={

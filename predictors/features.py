@@ -5,7 +5,8 @@ and expand ratio of every stage -- the "genes" -- then analytic MFLOPs and param
 not one-hot: tree models split on them directly and the MLP standardizes them.
 
 Two feature sets: "all" (the whole vector) and "genes" (without the two cost totals); "auto" picks by the number
-of archs a model is fit on (`resolve_feature_set`). predictors/xgb.py gives the measurements behind it.
+of rows a model is fit on, measured archs plus any pseudo-labelled ones (`resolve_feature_set`). predictors/xgb.py
+gives the measurements behind it.
 
 `FEATURE_VERSION` changes whenever the layout or meaning of the vector changes; a saved predictor records it
 (with the space hash) and refuses to load under another one.
@@ -27,7 +28,7 @@ FEATURE_SETS = ("all", "genes")
 _DERIVED = ["mflops", "mparams"]
 
 
-# "auto" fits on "genes" from this many archs on, on "all" below: with a few dozen archs the MFLOPs total is the
+# "auto" fits on "genes" from this many rows on, on "all" below: with a few dozen archs the MFLOPs total is the
 # best single summary, with more the trees do better without it (predictors/xgb.py).
 GENES_MIN_ARCHS = 100
 
@@ -38,7 +39,7 @@ def _check_feature_set(feature_set: str) -> None:
 
 
 def resolve_feature_set(feature_set: str, num_archs: int) -> str:
-    """"auto" -> "all" below `GENES_MIN_ARCHS` fitting archs, else "genes"; "all" / "genes" pass through."""
+    """"auto" -> "all" below `GENES_MIN_ARCHS` fitting rows, else "genes"; "all" / "genes" pass through."""
     if feature_set == "auto":
         return "all" if num_archs < GENES_MIN_ARCHS else "genes"
     _check_feature_set(feature_set)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import Subset
 
 from attentive.cpu_runtime import tune_cpu_runtime
@@ -35,13 +36,14 @@ from .features import features, resolve_feature_set
 from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
+from .teacher import DEFAULT_TEACHER, fit_gaussian_process
 from .xgb import DEFAULT_FEATURE_SET, AccuracyPredictor, tune_params
 
 CALIBRATION_SEED = 0  # fixed, not --seed: measurements stay comparable (and resumable) across --seed values
-# "xgboost" is the predictor written to OUT (feature set "auto": gene features from 100 fitting archs on);
-# "xgboost_all_features" is the same model always given the MFLOPs/params totals too. The baselines get the
-# predictor's feature set.
-MODEL_NAMES = ("xgboost", "xgboost_all_features", "random_forest", "mlp", "gaussian_process")
+# "xgboost" is the predictor written to OUT (with its Gaussian-process teacher, predictors/teacher.py);
+# "xgboost_no_teacher" is the same model fit on the measured archs alone; "gaussian_process" is the teacher by
+# itself. The baselines get the feature set that plain XGBoost resolves to for the number of fitting archs.
+MODEL_NAMES = ("xgboost", "xgboost_no_teacher", "random_forest", "mlp", "gaussian_process")
 
 
 class UsageError(ValueError):
@@ -200,28 +202,14 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
 
 
 # ---- models ------------------------------------------------------------------------------------------------
-def _sklearn_models(seed: int) -> dict[str, Callable[[int], Any]]:
+def _baseline_models(seed: int) -> dict[str, Callable[[int], Any]]:
     """Model factories by name; each takes the number of input features."""
-    try:
-        from sklearn.compose import TransformedTargetRegressor
-        from sklearn.ensemble import RandomForestRegressor
-        from sklearn.neural_network import MLPRegressor
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-    except ImportError:
-        print("scikit-learn is not installed: skipping the random forest, MLP and Gaussian process baselines "
-              "(pip install scikit-learn)", file=sys.stderr)
-        return {}
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    def gaussian_process(num_features: int):
-        # One length scale per feature (ARD), a noise term for the measurement noise; hyperparameters by
-        # marginal likelihood, as in BO-based NAS predictors (e.g. BANANAS' GP baseline, NASBOT).
-        kernel = (ConstantKernel(1.0) * RBF(length_scale=[3.0] * num_features, length_scale_bounds=(0.1, 1e3))
-                  + WhiteKernel(0.1))
-        return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True,
-                                                                        random_state=seed))
     return {
         # AttentiveNAS fits a random forest on arch encodings.
         "random_forest": lambda _: RandomForestRegressor(n_estimators=300, random_state=seed, n_jobs=1),
@@ -230,31 +218,33 @@ def _sklearn_models(seed: int) -> dict[str, Callable[[int], Any]]:
             regressor=make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(400, 400, 400),
                                                                     alpha=1e-3, max_iter=2000, random_state=seed)),
             transformer=StandardScaler()),
-        "gaussian_process": gaussian_process,
     }
 
 
 def _fit_predict(name: str, space: SearchSpace, archs_train: list[Arch], y_train: np.ndarray,
                  archs_eval: list[Arch], seed: int, xgb_params: dict | None,
-                 sklearn_models: dict[str, Callable[[int], Any]]) -> tuple[np.ndarray, float, Any]:
+                 baselines: dict[str, Callable[[int], Any]]) -> tuple[np.ndarray, float, Any]:
     """(predictions on archs_eval, fit seconds, fitted model)."""
     start = time.perf_counter()
-    if name in ("xgboost", "xgboost_all_features"):
+    if name in ("xgboost", "xgboost_no_teacher"):
         model = AccuracyPredictor.fit(space, archs_train, y_train, seed=seed, params=xgb_params,
-                                      feature_set="all" if name == "xgboost_all_features" else DEFAULT_FEATURE_SET)
+                                      teacher="none" if name == "xgboost_no_teacher" else DEFAULT_TEACHER)
         seconds = time.perf_counter() - start
         return model.predict(archs_eval), seconds, model
+    if name == "gaussian_process":  # the teacher alone, on its gene features
+        model = fit_gaussian_process(features(space, archs_train, "genes"), y_train, seed)
+        seconds = time.perf_counter() - start
+        with threadpool_limits(1):
+            return model.predict(features(space, archs_eval, "genes")), seconds, model
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     # One BLAS thread: on these small matrices extra threads only spin; measured 0.3 s vs 6.2 s of CPU for an
     # MLP fit on 18 archs on a busy 2-core machine.
     with threadpool_limits(1), warnings.catch_warnings():
-        # The GP's optimizer warns when a length scale reaches its bound: an irrelevant feature, not a failure.
         warnings.simplefilter("ignore", category=ConvergenceWarning)
         feature_set = resolve_feature_set(DEFAULT_FEATURE_SET, len(archs_train))
         x_train = features(space, archs_train, feature_set)
-        model = sklearn_models[name](x_train.shape[1]).fit(x_train, y_train)
+        model = baselines[name](x_train.shape[1]).fit(x_train, y_train)
         seconds = time.perf_counter() - start
         return model.predict(features(space, archs_eval, feature_set)), seconds, model
 
@@ -338,14 +328,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tuning = {"chosen": xgb_params, "grid": grid_rows}
         print(f"tuned XGBoost parameters (5-fold CV on {num_train} archs): {xgb_params}", file=sys.stderr)
 
-    sklearn_models = _sklearn_models(args.seed)
-    names = [n for n in MODEL_NAMES if n.startswith("xgboost") or n in sklearn_models]
+    baselines = _baseline_models(args.seed)
+    names = list(MODEL_NAMES)
     results: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
     predictor = None
     for name in names:
         pred, seconds, model = _fit_predict(name, space, archs_train, y_train, archs_held, args.seed,
-                                            xgb_params, sklearn_models)
+                                            xgb_params, baselines)
         results[name] = {**regression_metrics(pred, y_held), "fit_seconds": seconds}
         predictions[name] = pred
         if name == "xgboost":
@@ -370,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sub = train[:size]  # a prefix of a random permutation: a random subset, nested across sizes
             for name in names:
                 pred, _, _ = _fit_predict(name, space, [archs[i] for i in sub], top1[sub], [archs[i] for i in held],
-                                          args.seed, xgb_params, sklearn_models)
+                                          args.seed, xgb_params, baselines)
                 taus_by_size[str(size)][name].append(rank_metrics(pred, top1[held])["kendall_tau"])
     size_results = {size: {n: float(np.mean(t)) for n, t in taus.items()} for size, taus in taus_by_size.items()}
     size_std = {size: {n: float(np.std(t)) for n, t in taus.items()} for size, taus in taus_by_size.items()}

@@ -21,12 +21,13 @@ from .features import (FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, 
                        to_indices)
 from attentive.fileio import write_bytes_atomic, write_json_atomic
 from .metrics import regression_metrics
+from .teacher import DEFAULT_NUM_PSEUDO, DEFAULT_TEACHER, check_teacher, gp_pseudo_labels
 
 FORMAT = "attentive.accuracy_predictor"
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE = "model.json", "meta.json"
 
-# Chosen by measurement, run once: `tune_params` (5-fold CV over DEFAULT_GRID, 144 candidates, mean held-out
+# First chosen by measurement, without the teacher (depth 3; the teacher moved it to 4, below): `tune_params` (5-fold CV over DEFAULT_GRID, 144 candidates, mean held-out
 # Kendall tau) on 300 FLOPs-stratified archs measured on a tiny-space supernet trained by train.py on Fashion-MNIST
 # (configs/train/fashion_mnist.yaml, 3 epochs; top-1 on 2,000 held-out training images, 78.4-90.2%).
 #   these (400 rounds, depth 3, eta 0.1, subsample/colsample 0.8): CV tau 0.758 (fold std 0.042)
@@ -41,27 +42,32 @@ MODEL_FILE, META_FILE = "model.json", "meta.json"
 # eta 0.03, colsample 0.5, min_child_weight 3) 0.827 at 400 but 0.760 at 200. Defaults kept (predictors/README.md).
 DEFAULT_PARAMS: dict[str, Any] = {
     "n_estimators": 400,
-    "max_depth": 3,
+    "max_depth": 4,
     "learning_rate": 0.1,
     "subsample": 0.8,
     "colsample_bytree": 0.8,
     "min_child_weight": 1.0,
     "reg_lambda": 1.0,
 }
+# Depth 4 since the Gaussian-process teacher (predictors/teacher.py): the trees then fit ~2,000 smooth pseudo-labels
+# besides the measured archs, and one level deeper follows them better. Mean held-out tau over 20 random splits of
+# the 4-epoch supernet's 500 archs (100 held out), depth 3 / depth 4:
+#   with the teacher:   fit on 50: 0.699 / 0.697   100: 0.789 / 0.798   200: 0.825 / 0.838
+#   measured archs only:           0.618 / 0.607        0.706 / 0.686        0.798 / 0.787
 # Feature set "auto" (predictors/features.py): the genes only, without the MFLOPs/params totals, when fitting on
-# 100 archs or more; the whole vector below that. In a sandwich-trained supernet accuracy is far from monotone in
-# cost (the max and min subnets are trained every step, the middle ones rarely; MFLOPs alone ranks at tau
-# 0.40-0.45), and with a few hundred archs the trees' greedy first splits on the totals fragment the data; with a
-# few dozen, the total is the best summary there is. Mean held-out Kendall tau over 20 random splits (100 archs
-# held out each), genes vs all, on three measurement sets of three supernets (3-epoch, 300 archs; 4-epoch, 500;
-# another 4-epoch, 500; all on 6,000 held-out images):
+# 100 rows or more (always, with the teacher's pseudo-labels); the whole vector below that. In a sandwich-trained
+# supernet accuracy is far from monotone in cost (the max and min subnets are trained every step, the middle ones
+# rarely; MFLOPs alone ranks at tau 0.40-0.45), and with a few hundred archs the trees' greedy first splits on the
+# totals fragment the data; with a few dozen, the total is the best summary there is. Mean held-out Kendall tau
+# over 20 random splits (100 archs held out each), no teacher, genes vs all, on three measurement sets of three
+# supernets (3-epoch, 300 archs; 4-epoch, 500; another 4-epoch, 500; all on 6,000 held-out images):
 #   fit on  40: 0.470 / 0.533,  0.541 / 0.590,  -
 #   fit on  50: 0.505 / 0.549,  0.583 / 0.630,  0.590 / 0.626
 #   fit on 100: 0.644 / 0.627,  0.714 / 0.701,  0.714 / 0.704
 #   fit on 200: 0.737 / 0.705,  0.802 / 0.770,  0.798 / 0.767
-# The parameters below were rechecked for gene features (tune_params on 200 archs of the 3-epoch set, scored on
-# the first 4-epoch set): the grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as
-# these. Bagging 5 boosters or 4 parallel trees per round added 0.004-0.009 (about one standard error).
+# Rechecked for gene features (tune_params on 200 archs of the 3-epoch set, scored on the first 4-epoch set): the
+# grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as depth 3. Bagging 5 boosters or
+# 4 parallel trees per round added 0.004-0.009 (about one standard error).
 DEFAULT_FEATURE_SET = "auto"
 # The grid `tune_params` searches by default (and the one the defaults above were chosen from).
 DEFAULT_GRID: dict[str, list] = {
@@ -96,6 +102,17 @@ def _train_booster(x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: i
     return xgb.train(booster_params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
 
 
+def _training_rows(space: SearchSpace, idx: np.ndarray, y: np.ndarray, teacher: str, num_pseudo: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The rows XGBoost is fit on (gene indices, top-1): the measured archs, plus the teacher's pseudo-labelled
+    ones; and the teacher's metadata."""
+    check_teacher(teacher)
+    if teacher == "none":
+        return idx, y, {"kind": "none"}
+    pseudo, labels, meta = gp_pseudo_labels(space, idx, y, num_pseudo, seed)
+    return np.concatenate([idx, pseudo]), np.concatenate([y, labels]), meta
+
+
 def _check_targets(top1: Any, n: int) -> np.ndarray:
     y = np.asarray(top1, dtype=np.float64)
     if y.ndim != 1 or len(y) != n:
@@ -116,20 +133,23 @@ class AccuracyPredictor:
     # ---- fitting and predicting ----------------------------------------------------------------------
     @classmethod
     def fit(cls, space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray, seed: int = 0,
-            params: dict[str, Any] | None = None, feature_set: str = DEFAULT_FEATURE_SET) -> "AccuracyPredictor":
+            params: dict[str, Any] | None = None, feature_set: str = DEFAULT_FEATURE_SET,
+            teacher: str = DEFAULT_TEACHER, num_pseudo: int = DEFAULT_NUM_PSEUDO) -> "AccuracyPredictor":
         """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key; `feature_set` is
-        "all", "genes" or "auto" (by the number of archs; the one used is recorded)."""
+        "all", "genes" or "auto" (by the number of rows fit on; the one used is recorded); `teacher` "gp" adds
+        `num_pseudo` random archs labelled by a Gaussian process fit on the measured ones (predictors/teacher.py),
+        "none" fits the measured archs alone."""
         idx = to_indices(space, archs)
-        feature_set = resolve_feature_set(feature_set, len(idx))
-        x = features(space, idx, feature_set)
-        y = _check_targets(top1, len(x))
-        if len(x) < 2:
-            raise ValueError(f"need at least 2 measured archs to fit a predictor, got {len(x)}")
+        y = _check_targets(top1, len(idx))
+        if len(idx) < 2:
+            raise ValueError(f"need at least 2 measured archs to fit a predictor, got {len(idx)}")
         params = {**DEFAULT_PARAMS, **(params or {})}
         start = time.perf_counter()
-        booster = _train_booster(x, y, params, seed)
+        fit_idx, fit_y, teacher_meta = _training_rows(space, idx, y, teacher, num_pseudo, seed)
+        feature_set = resolve_feature_set(feature_set, len(fit_idx))
+        booster = _train_booster(features(space, fit_idx, feature_set), fit_y, params, seed)
         fit_seconds = time.perf_counter() - start
-        train_metrics = regression_metrics(booster.inplace_predict(x), y)
+        train_metrics = regression_metrics(booster.inplace_predict(features(space, idx, feature_set)), y)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -139,7 +159,8 @@ class AccuracyPredictor:
             "feature_set": feature_set,
             "feature_names": feature_names(space, feature_set),
             "target": "top-1 accuracy (%) on the held-out split of the training set",
-            "num_archs": len(x),
+            "num_archs": len(idx),
+            "teacher": teacher_meta,
             "seed": int(seed),
             "params": params,
             "xgboost_version": xgb.__version__,
@@ -234,27 +255,31 @@ def _check_meta(meta: Any, space: SearchSpace, where: str) -> None:
 # ---- hyperparameter selection --------------------------------------------------------------------------
 def tune_params(space: SearchSpace, archs: ArchBatch, top1: Sequence[float] | np.ndarray,
                 grid: dict[str, list] | None = None, folds: int = 5, seed: int = 0,
-                feature_set: str = DEFAULT_FEATURE_SET) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """K-fold CV over the product of `grid` (default `DEFAULT_GRID`); picks the highest mean held-out Kendall
-    tau (ties: lower RMSE). Returns (best params, one row per candidate with its mean metrics)."""
+                feature_set: str = DEFAULT_FEATURE_SET, teacher: str = DEFAULT_TEACHER,
+                num_pseudo: int = DEFAULT_NUM_PSEUDO) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """K-fold CV over the product of `grid` (default `DEFAULT_GRID`) of the whole fit (teacher included); picks the
+    highest mean held-out Kendall tau (ties: lower RMSE). Returns (best params, one row per candidate with its
+    mean metrics)."""
     idx = to_indices(space, archs)
-    # Resolved for the fold size, as each fold's model is fit on that many archs.
-    x = features(space, idx, resolve_feature_set(feature_set, len(idx) - len(idx) // max(folds, 1)))
-    y = _check_targets(top1, len(x))
-    if folds < 2 or len(x) < 2 * folds:
-        raise ValueError(f"{folds}-fold CV needs folds >= 2 and at least {2 * folds} archs, got {len(x)}")
+    y = _check_targets(top1, len(idx))
+    if folds < 2 or len(idx) < 2 * folds:
+        raise ValueError(f"{folds}-fold CV needs folds >= 2 and at least {2 * folds} archs, got {len(idx)}")
     grid = DEFAULT_GRID if grid is None else grid
-    order = np.random.default_rng(seed).permutation(len(x))
-    fold_ids = np.array_split(order, folds)
+    order = np.random.default_rng(seed).permutation(len(idx))
+    fold_data = []  # per fold: (training features, targets, held-out features, held-out targets); grid-independent
+    for test in np.array_split(order, folds):
+        train = np.setdiff1d(order, test)
+        fit_idx, fit_y, _ = _training_rows(space, idx[train], y[train], teacher, num_pseudo, seed)
+        fold_set = resolve_feature_set(feature_set, len(fit_idx))
+        fold_data.append((features(space, fit_idx, fold_set), fit_y, features(space, idx[test], fold_set), y[test]))
     rows = []
     keys = sorted(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         params = {**DEFAULT_PARAMS, **dict(zip(keys, values))}
         taus, rmses = [], []
-        for test in fold_ids:
-            train = np.setdiff1d(order, test)
-            booster = _train_booster(x[train], y[train], params, seed)
-            m = regression_metrics(booster.inplace_predict(x[test]), y[test])
+        for x_fit, y_fit, x_test, y_test in fold_data:
+            booster = _train_booster(x_fit, y_fit, params, seed)
+            m = regression_metrics(booster.inplace_predict(x_test), y_test)
             taus.append(m["kendall_tau"])
             rmses.append(m["rmse"])
         rows.append({"params": params, "kendall_tau": float(np.nanmean(taus)), "rmse": float(np.mean(rmses))})

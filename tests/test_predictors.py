@@ -13,6 +13,7 @@ from predictors.collect import measure_archs, read_rows, stratified_archs
 from predictors.features import FEATURE_VERSION, GENES_MIN_ARCHS, feature_names, features, resolve_feature_set
 from predictors.metrics import regression_metrics, top_fraction_overlap
 from predictors.retrain import main as retrain_main, measurement_tag
+from predictors.teacher import DEFAULT_NUM_PSEUDO, fit_gaussian_process, gp_pseudo_labels
 from predictors.xgb import AccuracyPredictor, tune_params
 
 FAST = {"n_estimators": 60}  # enough trees for the tests' synthetic targets, fast to fit
@@ -167,7 +168,10 @@ def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitte
     assert fitted.booster.num_features() == len(feature_names(tiny, "genes"))
     rng = np.random.default_rng(0)
     idx = tiny.sample_indices(rng, 60)
-    with_costs = AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), params=FAST)  # 60 archs: "all"
+    y = _formula_top1(tiny, idx, rng)
+    # 60 measured archs alone: "all"; with the teacher's 2,000 pseudo-labelled archs: "genes".
+    assert AccuracyPredictor.fit(tiny, idx, y, params=FAST).feature_set == "genes"
+    with_costs = AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="none")
     assert with_costs.feature_set == "all" and with_costs.booster.num_features() == len(feature_names(tiny))
     with_costs.save(tmp_path)
     meta = json.loads((tmp_path / "meta.json").read_text())
@@ -179,6 +183,54 @@ def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitte
     (tmp_path / "meta.json").write_text(json.dumps({**meta, "feature_set": "cost"}))
     with pytest.raises(ValueError, match="unknown feature set 'cost'"):
         AccuracyPredictor.load(tmp_path, tiny)
+
+
+def _smooth_top1(space, idx, rng, noise=0.05):
+    """Smooth in the genes (a linear term plus an interaction with resolution), not a function of FLOPs."""
+    u = idx / np.maximum(np.array(space.gene_sizes()) - 1, 1)
+    weights = np.random.default_rng(42).normal(0, 0.5, idx.shape[1])
+    sign = np.where(idx[:, 0] == len(space.gene_options[0]) - 1, 1.0, -1.0)
+    return 85 + u @ weights + 2 * sign * u[:, 1:].mean(1) + rng.normal(0, noise, len(idx))
+
+
+def test_gp_teacher_ranks_a_smooth_surface_better_from_few_archs(tiny):
+    rng = np.random.default_rng(0)
+    idx, held = tiny.sample_indices(rng, 60), tiny.sample_indices(rng, 300)
+    y, truth = _smooth_top1(tiny, idx, rng), _smooth_top1(tiny, held, rng)
+    taught = AccuracyPredictor.fit(tiny, idx, y, params=FAST)
+    alone = AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="none")
+    tau_taught, tau_alone = (kendalltau(p.predict(held), truth).statistic for p in (taught, alone))
+    assert tau_taught > tau_alone + 0.08  # measured: 0.835 vs 0.670
+    assert taught.meta["teacher"]["kind"] == "gp" and taught.meta["teacher"]["num_pseudo"] == DEFAULT_NUM_PSEUDO
+    assert "RBF" in taught.meta["teacher"]["kernel"] and alone.meta["teacher"] == {"kind": "none"}
+    assert taught.num_archs == alone.num_archs == 60  # pseudo-labelled archs are not measured archs
+
+
+def test_teacher_pseudo_labels_are_the_gp_predictions_on_uniform_archs(tiny):
+    rng = np.random.default_rng(1)
+    idx = tiny.sample_indices(rng, 40)
+    y = _smooth_top1(tiny, idx, rng)
+    pseudo, labels, meta = gp_pseudo_labels(tiny, idx, y, 500, seed=3)
+    np.testing.assert_array_equal(pseudo, tiny.sample_indices(np.random.default_rng(3), 500))
+    gp = fit_gaussian_process(features(tiny, idx, "genes"), y, seed=3)
+    np.testing.assert_allclose(labels, gp.predict(features(tiny, pseudo, "genes")), rtol=1e-10)
+    assert meta == {"kind": "gp", "num_pseudo": 500, "kernel": str(gp[-1].kernel_)}
+    with pytest.raises(ValueError, match="num_pseudo must be >= 1, got 0"):
+        gp_pseudo_labels(tiny, idx, y, 0, seed=3)
+    with pytest.raises(ValueError, match=r"unknown teacher 'forest'; allowed: \['gp', 'none'\]"):
+        AccuracyPredictor.fit(tiny, idx, y, teacher="forest")
+
+
+def test_gp_conditions_on_all_archs_when_hyperparameters_use_a_subset(tiny):
+    rng = np.random.default_rng(2)
+    idx = tiny.sample_indices(rng, 80)
+    x, y = features(tiny, idx, "genes"), _smooth_top1(tiny, idx, rng, noise=0.0)
+    subset_only = fit_gaussian_process(x[:20], y[:20], seed=0)
+    all_rows = fit_gaussian_process(x, y, seed=0, hyper_max=20)
+    err_subset = np.abs(subset_only.predict(x[20:]) - y[20:]).mean()
+    err_all = np.abs(all_rows.predict(x[20:]) - y[20:]).mean()
+    assert err_all < 0.5 * err_subset  # the other 60 archs are in the posterior, not only the 20 tuned on
+    np.testing.assert_array_equal(all_rows.predict(x), fit_gaussian_process(x, y, seed=0, hyper_max=20).predict(x))
 
 
 def test_fit_refuses_bad_targets_and_params(tiny):
@@ -374,7 +426,7 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     assert len(_lines(data)) == 24  # the two missing archs were measured and appended
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
-    models = {"xgboost", "xgboost_all_features", "random_forest", "mlp", "gaussian_process"}
+    models = {"xgboost", "xgboost_no_teacher", "random_forest", "mlp", "gaussian_process"}
     assert set(metrics["models"]) == models | {"mflops (baseline)"}
     assert set(metrics["sizes"]["8"]) == models and metrics["size_repeats"] == 3
     # Split 0 of the size table is the main split: fit on all 18 training archs it reproduces the main table's
