@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
         "refresh_every": 0,  # refit the predictor every R epochs; 0: never
         "measure_holdout_size": None,  # held-out images used to measure each subnet; null: the whole split
         "measure_calib_batches": 8,  # BN calibration batches per measured subnet
+        # gp: the predictor also fits archs pseudo-labelled by a Gaussian process (predictors/teacher.py; ranks
+        # better from few archs); none: the measured subnets alone. "none" is what docs/results.md's training
+        # runs used; gp's effect on attentive sampling is not measured yet.
+        "predictor_teacher": "none",
     },
     "eval": {
         "every_epochs": 1,  # 0: no per-epoch validation
@@ -106,6 +110,7 @@ CHOICES: dict[str, tuple] = {
     "data.augment": ("none", "basic", "autoaugment"),
     "sampler.name": ("uniform", "bestup", "worstup"),
     "sampler.scorer": ("predictor", "loss"),
+    "sampler.predictor_teacher": ("gp", "none"),  # predictors.teacher.TEACHERS (not imported: it loads sklearn)
 }
 
 # Keys that may be null, with the type of their other values (the default's own type is used for the others).

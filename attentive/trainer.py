@@ -446,7 +446,7 @@ class Trainer:
         state = None
         if self.env.is_main:
             fitted = AccuracyPredictor.fit(self.space, [Arch.from_dict(r["arch"]) for r in ordered], top1,
-                                           seed=self.seed)
+                                           seed=self.seed, teacher=s["predictor_teacher"])
             state = fitted.to_state()
         state = broadcast_json(state, self.env)
         # Every rank, rank 0 included, uses the deserialized copy: identical to what a resumed run loads.

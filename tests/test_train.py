@@ -24,8 +24,10 @@ from attentive.trainer import KILL_AT_STEP_ENV, CheckpointMismatchError, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "train" / "smoke.yaml"
-# 3 epochs x 4 steps; predictor fitted after epoch 1 and refreshed after epoch 2; last.pt every 3 steps.
-RUN_ARGS = ["train.max_steps_per_epoch=4", "checkpoint.every_steps=3", "log.tensorboard=true"]
+# 3 epochs x 4 steps; predictor (with its GP teacher) fitted after epoch 1 and refreshed after epoch 2; last.pt
+# every 3 steps.
+RUN_ARGS = ["train.max_steps_per_epoch=4", "checkpoint.every_steps=3", "log.tensorboard=true",
+            "sampler.predictor_teacher=gp"]
 
 
 def _cfg(tmp_path, *overrides):
@@ -124,6 +126,8 @@ def test_run_writes_checkpoints_logs_and_report(finished_run):
     assert list((finished_run / "tb").iterdir())
     measured = (finished_run / "predictor" / "measured_epoch_0001.jsonl").read_text().splitlines()
     assert len(measured) == 6 and (finished_run / "predictor" / "epoch_0001" / "model.json").is_file()
+    meta = json.loads((finished_run / "predictor" / "epoch_0001" / "meta.json").read_text())
+    assert meta["teacher"]["kind"] == "gp" and meta["num_archs"] == 6  # sampler.predictor_teacher reached the fit
     # The checkpoint contract: load_supernet rebuilds the model, the config names the data split.
     model, ckpt = load_supernet(finished_run / "last.pt")
     assert ckpt["config"]["data"]["name"] == "synthetic" and "holdout_fraction" in ckpt["config"]["data"]
