@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Kernel, WhiteKernel
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -37,14 +37,17 @@ def check_teacher(teacher: str) -> None:
         raise ValueError(f"unknown teacher {teacher!r}; allowed: {list(TEACHERS)}")
 
 
-def gaussian_process(num_features: int, seed: int, optimize: bool = True) -> Pipeline:
+def gaussian_process(num_features: int, seed: int, kernel: Kernel | None = None) -> Pipeline:
     """Standardized inputs -> GP with an ARD RBF kernel plus white noise, hyperparameters by marginal likelihood
-    (as in BO-based NAS predictors, e.g. BANANAS' GP baseline and NASBOT)."""
-    kernel = (ConstantKernel(1.0) * RBF(length_scale=[3.0] * num_features, length_scale_bounds=(0.1, 1e3))
-              + WhiteKernel(0.1))
-    gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed,
-                                  optimizer="fmin_l_bfgs_b" if optimize else None)
-    return make_pipeline(StandardScaler(), gp)
+    (as in BO-based NAS predictors, e.g. BANANAS' GP baseline and NASBOT); a given `kernel` is used as it is."""
+    if kernel is None:
+        kernel = (ConstantKernel(1.0) * RBF(length_scale=[3.0] * num_features, length_scale_bounds=(0.1, 1e3))
+                  + WhiteKernel(0.1))
+        optimizer = "fmin_l_bfgs_b"
+    else:
+        optimizer = None
+    return make_pipeline(StandardScaler(), GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed,
+                                                                    optimizer=optimizer))
 
 
 def fit_gaussian_process(x: np.ndarray, y: np.ndarray, seed: int,
@@ -58,10 +61,7 @@ def fit_gaussian_process(x: np.ndarray, y: np.ndarray, seed: int,
             return gaussian_process(x.shape[1], seed).fit(x, y)
         subset = np.random.default_rng(seed).choice(len(x), hyper_max, replace=False)
         tuned = gaussian_process(x.shape[1], seed).fit(x[subset], y[subset])
-        kernel = tuned[-1].kernel_
-        model = gaussian_process(x.shape[1], seed, optimize=False)
-        model[-1].set_params(kernel=kernel)
-        return model.fit(x, y)
+        return gaussian_process(x.shape[1], seed, kernel=tuned[-1].kernel_).fit(x, y)
 
 
 def gp_pseudo_labels(space: SearchSpace, idx: np.ndarray, y: np.ndarray, num_pseudo: int,

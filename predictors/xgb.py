@@ -27,9 +27,10 @@ FORMAT = "attentive.accuracy_predictor"
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE = "model.json", "meta.json"
 
-# First chosen by measurement, without the teacher (depth 3; the teacher moved it to 4, below): `tune_params` (5-fold CV over DEFAULT_GRID, 144 candidates, mean held-out
-# Kendall tau) on 300 FLOPs-stratified archs measured on a tiny-space supernet trained by train.py on Fashion-MNIST
-# (configs/train/fashion_mnist.yaml, 3 epochs; top-1 on 2,000 held-out training images, 78.4-90.2%).
+# First chosen by measurement, without the teacher (depth 3; the teacher moved it to 4, below): `tune_params`
+# (5-fold CV over DEFAULT_GRID, 144 candidates, mean held-out Kendall tau) on 300 FLOPs-stratified archs measured
+# on a tiny-space supernet trained by train.py on Fashion-MNIST (configs/train/fashion_mnist.yaml, 3 epochs; top-1
+# on 2,000 held-out training images, 78.4-90.2%).
 #   these (400 rounds, depth 3, eta 0.1, subsample/colsample 0.8): CV tau 0.758 (fold std 0.042)
 #   grid argmax, the same with 800 rounds:                        CV tau 0.761, within noise (standard error 0.018)
 #   XGBoost's library defaults (100 rounds, depth 6, eta 0.3):    CV tau 0.687;  worst grid point 0.696
