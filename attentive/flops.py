@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .space import Arch, SearchSpace
-from .spec import NetSpec, conv_out_size, decode, expanded_chs, se_chs
+from .spec import NetSpec, block_shortcut, conv_out_size, decode, expanded_chs, se_chs
 
 STEM_KERNEL = 3
 
@@ -63,9 +63,12 @@ def count_params(space: SearchSpace, arch: Arch | dict, num_classes: int | None 
 class _StageTables:
     """Per-stage lookup tables over (input-width option, expand option) for one stage."""
 
-    def __init__(self, in_widths: Sequence[int], out_widths: Sequence[int], expands: Sequence[float], se: bool):
+    def __init__(self, in_widths: Sequence[int], out_widths: Sequence[int], expands: Sequence[float], se: bool,
+                 shortcut_conv: np.ndarray | None = None):
         self.mid = np.array([[expanded_chs(i, e) for e in expands] for i in in_widths], dtype=np.int64)
         self.se = np.array([[se_chs(m) if se else 0 for m in row] for row in self.mid], dtype=np.int64)
+        # (input-width option, output-width option) -> 1 where the block has a 1x1 shortcut conv
+        self.shortcut_conv = shortcut_conv
 
 
 class FlopsTable:
@@ -94,8 +97,10 @@ class FlopsTable:
         self.size_in, self.size_out = size_in, size_out
         self.first, self.later = [], []
         prev = space.stem.widths
-        for st in space.stages:
-            self.first.append(_StageTables(prev, st.widths, st.expand_ratios, st.se))
+        for s, st in enumerate(space.stages):
+            conv = np.array([[block_shortcut(space, s, 0, i, o) == "conv" for o in st.widths] for i in prev],
+                            dtype=np.int64)
+            self.first.append(_StageTables(prev, st.widths, st.expand_ratios, st.se, conv))
             self.later.append(_StageTables(st.widths, st.widths, st.expand_ratios, st.se))
             prev = st.widths
 
@@ -119,9 +124,10 @@ class FlopsTable:
 
             mid, se = self.first[s].mid[wi_prev, ei], self.first[s].se[wi_prev, ei]
             f_first = expand * hi2 * w_in * mid + ho2 * mid * k2 + 2 * mid * se + ho2 * mid * w_out
-            f_first += (w_in != w_out) * ho2 * w_in * w_out
+            has_conv = self.first[s].shortcut_conv[wi_prev, wi]
+            f_first += has_conv * ho2 * w_in * w_out
             p_first = expand * (w_in * mid + 2 * mid) + mid * k2 + 2 * mid + 2 * mid * se + (se > 0) * (se + mid)
-            p_first += mid * w_out + 2 * w_out + (w_in != w_out) * w_in * w_out
+            p_first += mid * w_out + 2 * w_out + has_conv * w_in * w_out
 
             mid, se = self.later[s].mid[wi, ei], self.later[s].se[wi, ei]
             f_later = expand * ho2 * w_out * mid + ho2 * mid * k2 + 2 * mid * se + ho2 * mid * w_out

@@ -37,6 +37,7 @@ class DynamicConv2d(nn.Module):
         stride: int = 1,
         depthwise: bool = False,
         bias: bool = False,
+        kernel_transform: bool = False,
     ) -> None:
         super().__init__()
         self.kernel_sizes = tuple(sorted({kernel_sizes} if isinstance(kernel_sizes, int) else set(kernel_sizes)))
@@ -51,6 +52,10 @@ class DynamicConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(max_out_chs, in_per_group, self.max_kernel, self.max_kernel))
         self.bias = nn.Parameter(torch.zeros(max_out_chs)) if bias else None
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        # OFA's kernel transformation matrices: a smaller kernel is a learned linear map (shared by all channels,
+        # identity at init) of the centre of the next larger one, so it need not equal the larger kernel's centre.
+        self.kernel_transforms = nn.ParameterDict({
+            str(k): nn.Parameter(torch.eye(k * k)) for k in self.kernel_sizes[:-1]} if kernel_transform else {})
         self.set_active(max_in_chs, max_out_chs, self.max_kernel)
 
     def set_active(self, in_chs: int, out_chs: int, kernel_size: int | None = None) -> None:
@@ -69,10 +74,19 @@ class DynamicConv2d(nn.Module):
         if self._full:
             return self.weight
         w = self.weight[: self.out_chs] if self.depthwise else self.weight[: self.out_chs, : self.in_chs]
-        if self.kernel_size != self.max_kernel:
+        if self.kernel_size == self.max_kernel:
+            return w
+        if not self.kernel_transforms:
             start = (self.max_kernel - self.kernel_size) // 2
-            end = start + self.kernel_size
-            w = w[:, :, start:end, start:end]
+            return w[:, :, start:start + self.kernel_size, start:start + self.kernel_size]
+        size = self.max_kernel
+        for k in reversed(self.kernel_sizes[:-1]):  # 7 -> 5 -> 3, as OFA chains them
+            if k < self.kernel_size:
+                break
+            start = (size - k) // 2
+            w = w[:, :, start:start + k, start:start + k]
+            w = (w.reshape(-1, k * k) @ self.kernel_transforms[str(k)]).reshape(w.shape[0], w.shape[1], k, k)
+            size = k
         return w
 
     def active_bias(self) -> torch.Tensor | None:
@@ -199,6 +213,25 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)
         s = self.conv_expand(self.act(self.conv_reduce(s)))
         return x * self.gate(s)
+
+
+def pad_channels(x: torch.Tensor, out_chs: int) -> torch.Tensor:
+    """The parameter-free shortcut: the leading `out_chs` channels of `x`, zero-padded when `x` has fewer."""
+    in_chs = x.shape[1]
+    if out_chs <= in_chs:
+        return x[:, :out_chs]
+    return F.pad(x, (0, 0, 0, 0, 0, out_chs - in_chs))
+
+
+class ChannelPad(nn.Module):
+    """Static twin of the `channel_pad` shortcut (`pad_channels`); no parameters."""
+
+    def __init__(self, out_chs: int) -> None:
+        super().__init__()
+        self.out_chs = out_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_channels(x, self.out_chs)
 
 
 def drop_connect(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -19,6 +19,14 @@ import yaml
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "configs" / "spaces"
 ACTIVATIONS = ("relu", "relu6", "swish", "hswish", "gelu")
+# The shortcut of a stage's first block, whose input and output widths may differ (later blocks: identity).
+# conv_when_widths_differ: AttentiveNAS's, a 1x1 conv when the arch's widths differ, identity when they are
+#   equal; a subnet whose widths are equal there uses an identity that the largest and smallest nets may never
+#   train (the first block's branch learned to complement a conv).
+# conv_at_stage_start: a 1x1 conv at every stage start whose widths can differ, equal widths included.
+# channel_pad: parameter-free; the input's channels, cut to the output width or zero-padded up to it.
+SHORTCUTS = ("conv_when_widths_differ", "conv_at_stage_start", "channel_pad")
+DEFAULT_SHORTCUT = SHORTCUTS[0]
 ARCH_KEYS = ("resolution", "width", "depth", "kernel_size", "expand_ratio")
 
 
@@ -124,6 +132,8 @@ class SearchSpace:
     head: HeadSpec
     num_classes: int
     in_chans: int = 3
+    shortcut: str = "conv_when_widths_differ"  # see SHORTCUTS
+    kernel_transform: bool = False  # smaller depthwise kernels through OFA's learned transforms (layers.py)
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
     # ---- choices, in arch-field order ----------------------------------------------------------
@@ -180,6 +190,9 @@ class SearchSpace:
                 for s in self.stages
             ],
             "head": {"widths": list(self.head.widths), "activation": self.head.activation},
+            # Only when not the default, so that spaces without the key keep their hash (checkpoints, caches).
+            **({"shortcut": self.shortcut} if self.shortcut != DEFAULT_SHORTCUT else {}),
+            **({"kernel_transform": True} if self.kernel_transform else {}),
         }
 
     # ---- validation ------------------------------------------------------------------------------
@@ -304,7 +317,7 @@ def _require_generator(rng: Any) -> None:
 
 
 # ---- loading ------------------------------------------------------------------------------------------
-_TOP_KEYS = {"name", "num_classes", "in_chans", "resolutions", "stem", "stages", "head"}
+_TOP_KEYS = {"name", "num_classes", "in_chans", "resolutions", "stem", "stages", "head", "shortcut", "kernel_transform"}
 _STEM_KEYS = {"widths", "stride", "activation"}
 _STAGE_KEYS = {"name", "widths", "depths", "kernel_sizes", "expand_ratios", "stride", "activation", "se"}
 _HEAD_KEYS = {"widths", "activation"}
@@ -334,7 +347,10 @@ def space_from_dict(data: Any, where: str = "space") -> SearchSpace:
     """Build a space from its YAML/JSON dict; every key and value is checked, errors name the key."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: top level must be a mapping with keys {sorted(_TOP_KEYS)}")
-    _check_keys(data, _TOP_KEYS, where, required=_TOP_KEYS - {"in_chans"})
+    _check_keys(data, _TOP_KEYS, where, required=_TOP_KEYS - {"in_chans", "shortcut", "kernel_transform"})
+    shortcut = data.get("shortcut", DEFAULT_SHORTCUT)
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"{where}: unknown shortcut {shortcut!r}; allowed: {list(SHORTCUTS)}")
     stem = data["stem"]
     _check_keys(stem, _STEM_KEYS, f"{where}: stem")
     head = data["head"]
@@ -381,6 +397,8 @@ def space_from_dict(data: Any, where: str = "space") -> SearchSpace:
         ),
         num_classes=num_classes,
         in_chans=in_chans,
+        shortcut=shortcut,
+        kernel_transform=_bool(data.get("kernel_transform", False), f"{where}: kernel_transform"),
         source=data,
     )
 

@@ -45,6 +45,7 @@ class BlockSpec:
     stage: int
     index_in_stage: int
     in_size: int  # spatial size of the block's input
+    shortcut: str = "identity"  # identity | conv (1x1 projection) | pad (channels cut or zero-padded)
 
     @property
     def out_size(self) -> int:
@@ -56,7 +57,24 @@ class BlockSpec:
 
     @property
     def shortcut_conv(self) -> bool:
-        return self.in_chs != self.out_chs
+        return self.shortcut == "conv"
+
+
+def stage_start_widths_can_differ(space: SearchSpace, stage: int) -> bool:
+    """Whether some arch has different input and output widths at `stage`'s first block."""
+    prev = space.stem.widths if stage == 0 else space.stages[stage - 1].widths
+    return any(i != o for i in prev for o in space.stages[stage].widths)
+
+
+def block_shortcut(space: SearchSpace, stage: int, index_in_stage: int, in_chs: int, out_chs: int) -> str:
+    """The shortcut kind of one block under the space's `shortcut` rule (see attentive.space.SHORTCUTS)."""
+    if index_in_stage > 0 or not stage_start_widths_can_differ(space, stage):
+        return "identity"
+    if space.shortcut == "channel_pad":
+        return "pad" if in_chs != out_chs else "identity"
+    if space.shortcut == "conv_at_stage_start":
+        return "conv"
+    return "conv" if in_chs != out_chs else "identity"
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ def decode(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> Ne
                     stage=s,
                     index_in_stage=j,
                     in_size=size,
+                    shortcut=block_shortcut(space, s, j, in_chs, out_chs),
                 )
             )
             size = conv_out_size(size, stride)

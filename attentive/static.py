@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .layers import SqueezeExcite, act_layer
+from .layers import ChannelPad, SqueezeExcite, act_layer
 from .space import Arch, SearchSpace
 from .spec import BlockSpec, NetSpec, decode
 
@@ -30,8 +30,8 @@ class ConvBnAct(nn.Module):
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual (MobileNetV2/V3) with the AttentiveNAS shortcut that is always added:
-    identity, 2x2 average pool when strided, and a 1x1 projection conv when widths differ."""
+    """Inverted residual (MobileNetV2/V3) with the AttentiveNAS shortcut that is always added: identity,
+    2x2 average pool when strided, then a 1x1 projection conv or a channel pad (`shortcut`, see spec.py)."""
 
     def __init__(
         self,
@@ -43,6 +43,7 @@ class MBConvBlock(nn.Module):
         se_chs: int,
         expand: bool,
         act_layer: Callable[..., nn.Module],
+        shortcut: str = "identity",
     ) -> None:
         super().__init__()
         self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False) if expand else nn.Identity()
@@ -55,12 +56,14 @@ class MBConvBlock(nn.Module):
         self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.shortcut_pool = nn.AvgPool2d(2, ceil_mode=True) if stride > 1 else nn.Identity()
-        self.shortcut_conv = nn.Conv2d(in_chs, out_chs, 1, bias=False) if in_chs != out_chs else nn.Identity()
+        shortcuts = {"identity": nn.Identity, "conv": lambda: nn.Conv2d(in_chs, out_chs, 1, bias=False),
+                     "pad": lambda: ChannelPad(out_chs)}
+        self.shortcut_conv = shortcuts[shortcut]()
 
     @classmethod
     def from_spec(cls, b: BlockSpec) -> "MBConvBlock":
         return cls(b.in_chs, b.mid_chs, b.out_chs, b.kernel_size, b.stride, b.se_chs, b.expand,
-                   act_layer(b.activation))
+                   act_layer(b.activation), b.shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut_conv(self.shortcut_pool(x))

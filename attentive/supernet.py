@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSqueezeExcite, act_layer,
-                     drop_connect, dropout)
+                     drop_connect, dropout, pad_channels)
 from .space import Arch, SearchSpace, load_space
-from .spec import HEAD_EXPAND, BlockSpec, NetSpec, decode, expanded_chs, se_chs
+from .spec import HEAD_EXPAND, BlockSpec, NetSpec, decode, expanded_chs, se_chs, stage_start_widths_can_differ
 from .static import StaticNet
 
 
@@ -29,13 +29,15 @@ class DynamicMBConv(nn.Module):
         has_expand: bool,
         has_shortcut_conv: bool,
         activation: str,
+        kernel_transform: bool = False,
     ) -> None:
         super().__init__()
         act = act_layer(activation)
         self.conv_pw = DynamicConv2d(max_in_chs, max_mid_chs, 1) if has_expand else None
         self.bn1 = DynamicBatchNorm2d(max_mid_chs) if has_expand else None
         self.act1 = act(inplace=True)
-        self.conv_dw = DynamicConv2d(max_mid_chs, max_mid_chs, kernel_sizes, stride, depthwise=True)
+        self.conv_dw = DynamicConv2d(max_mid_chs, max_mid_chs, kernel_sizes, stride, depthwise=True,
+                                     kernel_transform=kernel_transform)
         self.bn2 = DynamicBatchNorm2d(max_mid_chs)
         self.act2 = act(inplace=True)
         self.se = DynamicSqueezeExcite(max_mid_chs, max_se_chs) if max_se_chs else nn.Identity()
@@ -58,6 +60,7 @@ class DynamicMBConv(nn.Module):
         self.conv_pwl.set_active(spec.mid_chs, spec.out_chs)
         self.bn3.set_active(spec.out_chs)
         self.use_shortcut_conv = spec.shortcut_conv
+        self.shortcut_pad_to = spec.out_chs if spec.shortcut == "pad" else None
         if spec.shortcut_conv:
             self.shortcut_conv.set_active(spec.in_chs, spec.out_chs)
 
@@ -65,6 +68,8 @@ class DynamicMBConv(nn.Module):
         shortcut = self.shortcut_pool(x)
         if self.use_shortcut_conv:
             shortcut = self.shortcut_conv(shortcut)
+        elif self.shortcut_pad_to is not None:
+            shortcut = pad_channels(shortcut, self.shortcut_pad_to)
         if self.use_expand:
             x = self.act1(self.bn1(self.conv_pw(x)))
         x = self.se(self.act2(self.bn2(self.conv_dw(x))))
@@ -109,7 +114,7 @@ class Supernet(nn.Module):
         blocks: list[DynamicMBConv] = []
         self.stage_block_ids: list[list[int]] = []
         prev_widths = space.stem.widths
-        for stage in space.stages:
+        for s, stage in enumerate(space.stages):
             ids = []
             for j in range(max(stage.depths)):
                 in_widths = prev_widths if j == 0 else stage.widths
@@ -123,8 +128,10 @@ class Supernet(nn.Module):
                         stride=stage.stride if j == 0 else 1,
                         max_se_chs=se_chs(max_mid) if stage.se else 0,
                         has_expand=max(stage.expand_ratios) != 1,
-                        has_shortcut_conv=any(i != o for i in in_widths for o in stage.widths),
+                        has_shortcut_conv=(j == 0 and space.shortcut != "channel_pad"
+                                           and stage_start_widths_can_differ(space, s)),
                         activation=stage.activation,
+                        kernel_transform=space.kernel_transform,
                     )
                 )
                 ids.append(len(blocks) - 1)
