@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 import json
 import math
@@ -41,7 +40,7 @@ from torch.utils.data import Subset
 
 from attentive.cpu_runtime import tune_cpu_runtime
 from attentive.checkpoint import load_supernet
-from attentive.data import build_datasets, build_loader, calibration_batches
+from attentive.data import DataSplits, build_loader, calibration_batches, datasets_from_config
 from attentive.evaluate import evaluate_arch
 from attentive.export import atomic_directory, check_output_dir, export_subnet, write_json_atomic, write_text_atomic
 from attentive.flops import count_flops, count_params
@@ -172,16 +171,13 @@ def load_checkpoint_checked(args: argparse.Namespace, device: torch.device) -> t
     return supernet.eval(), ckpt
 
 
-def build_data(args: argparse.Namespace, ckpt: dict, num_classes: int):
+def build_data(args: argparse.Namespace, ckpt: dict, num_classes: int) -> tuple[DataSplits, dict]:
     """The checkpoint's splits: the same seeded held-out split the trainer used."""
     data_cfg = dict(ckpt["config"]["data"])
     if args.data_root is not None:
         data_cfg["root"] = args.data_root
-    accepted = set(inspect.signature(build_datasets).parameters) - {"name", "root"}
-    kwargs = {k: v for k, v in data_cfg.items() if k in accepted}
-    kwargs.setdefault("num_classes_synthetic", num_classes)
     try:
-        splits = build_datasets(data_cfg["name"], data_cfg.get("root", "./data"), **kwargs)
+        splits = datasets_from_config(data_cfg, num_classes=num_classes)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         raise UsageError(f"cannot rebuild the checkpoint's data ({data_cfg.get('name')}, root "
                          f"{data_cfg.get('root')}): {e}; pass --data-root") from None
@@ -403,9 +399,9 @@ def check_output_dir_usage(out: str, force: bool) -> None:
         raise UsageError(f"--out: {e}") from None
 
 
-def loaders(args: argparse.Namespace, splits: Any, data_cfg: dict, device: torch.device):
+def loaders(args: argparse.Namespace, splits: DataSplits, data_cfg: dict, device: torch.device):
     calib_bs = args.calib_batch_size or int(data_cfg.get("batch_size") or 128)
-    calib = calibration_batches(splits.train, min(calib_bs, len(splits.train)), args.calib_batches, seed=args.seed)
+    calib = calibration_batches(splits, min(calib_bs, len(splits.train_plain)), args.calib_batches, seed=args.seed)
     holdout = build_loader(splits.holdout, args.eval_batch_size, train=False)
     test = build_loader(splits.test, args.eval_batch_size, train=False)
     return calib, holdout, test, device.type == "cpu"  # channels_last: ~2x faster convs on CPU

@@ -14,6 +14,10 @@ Reproducibility: nothing here draws from the global RNG.
 Call ``set_loader_epoch(loader, epoch)`` before every epoch; on resume call
 ``set_loader_epoch(loader, epoch, skip_batches=k)`` and the loader yields exactly the batches k, k+1, ... that
 the uninterrupted run would have produced, without loading the skipped ones.
+
+``datasets_from_config(cfg["data"], ...)`` is the one way to rebuild a training run's splits (trainer, search,
+predictor retraining, benchmarks); ``calibration_batches(splits, ...)`` is the one way to get BN-recalibration
+batches, always from the un-augmented training images (``DataSplits.train_plain``).
 """
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler, Subset
+
+from .config import DEFAULTS
 
 DATASETS = ("cifar10", "fashion_mnist", "imagefolder", "synthetic")
 AUGMENTATIONS = ("none", "basic", "autoaugment")
@@ -49,14 +55,21 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass
 class DataSplits:
-    """train (augmented), holdout (seeded part of the training set, not augmented) and the official test split."""
+    """train (augmented), train_plain (the same training images in the same order, not augmented: what BN
+    recalibration sees), holdout (seeded part of the training set, not augmented) and the official test split."""
 
     train: Dataset
+    train_plain: Dataset
     holdout: Dataset
     test: Dataset
     num_classes: int
     image_size: int  # native size of the images delivered; resizing to a sampled resolution is the caller's job
     name: str
+
+    def __post_init__(self) -> None:
+        if len(self.train_plain) != len(self.train):
+            raise ValueError(f"train_plain must be the un-augmented view of train (same images, same order); got "
+                             f"{len(self.train_plain)} images for {len(self.train)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,6 +174,8 @@ def _in_memory_splits(
     return DataSplits(
         train=InMemoryImageDataset(train_images, train_labels, indices=train_idx, seed=split_seed,
                                    pad=pad if augment == "basic" else 0, **common),
+        # Same storage and index tensor as train (no copy), no pad crop, no flip.
+        train_plain=InMemoryImageDataset(train_images, train_labels, indices=train_idx, **common),
         holdout=InMemoryImageDataset(train_images, train_labels, indices=holdout_idx, **common),
         test=InMemoryImageDataset(test_images, test_labels, **common),
         num_classes=num_classes,
@@ -273,6 +288,7 @@ def _imagefolder_splits(
     train_idx, holdout_idx = _split_indices(len(train_folder), holdout_fraction, split_seed)
     return DataSplits(
         train=Subset(train_folder, train_idx.tolist()),
+        train_plain=Subset(eval_view, train_idx.tolist()),
         holdout=Subset(eval_view, holdout_idx.tolist()),
         test=test,
         num_classes=len(train_folder.classes),
@@ -296,8 +312,9 @@ def build_datasets(
     """Train / holdout / test splits of a dataset.
 
     ``holdout`` is a fixed ``split_seed`` permutation slice (``holdout_fraction`` of the training set) evaluated
-    without augmentation; ``train`` is the rest, augmented; ``test`` is the official test split (``val/`` for
-    imagefolder). ``split_seed`` also seeds the in-memory augmentation.
+    without augmentation; ``train`` is the rest, augmented, and ``train_plain`` the same images un-augmented
+    (eval transform); ``test`` is the official test split (``val/`` for imagefolder). ``split_seed`` also seeds
+    the in-memory augmentation.
 
     * ``fashion_mnist``: from the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``,
       overridable by ``$ATTENTIVE_FASHION_MNIST_DIR``), else raw files under ``root``, else torchvision download.
@@ -337,6 +354,38 @@ def build_datasets(
                          f"(resize batches to the sampled resolution in the trainer instead)")
     return _in_memory_splits(name, *tensors, mean=stats[0], std=stats[1], pad=pad, augment=augment,
                              holdout_fraction=holdout_fraction, split_seed=split_seed, num_classes=num_classes)
+
+
+# Keys of a config's data section that decide the splits; the others (batch sizes, workers) only feed loaders.
+SPLIT_KEYS = ("name", "root", "image_size", "augment", "holdout_fraction", "split_seed", "synthetic_num_train",
+              "synthetic_num_test")
+
+
+def datasets_from_config(
+    data_cfg: Mapping[str, Any], num_classes: int | None = None, root: str | Path | None = None
+) -> DataSplits:
+    """The splits of a training run, from the ``data`` section of its resolved config (``cfg["data"]``, also
+    stored in every checkpoint): the trainer builds its data with this, so a rebuild anywhere else gives the same
+    training, held-out and test images.
+
+    Keys missing from ``data_cfg`` (a checkpoint written before they existed) take the defaults of
+    ``attentive.config.DEFAULTS["data"]``; keys that do not shape the splits are ignored. ``num_classes`` is the
+    class count of the ``synthetic`` dataset (the trainer passes the space's; default 10); real datasets have
+    their own. ``root`` overrides ``data_cfg["root"]`` (data moved since training).
+    """
+    if not isinstance(data_cfg, Mapping):
+        raise TypeError(f"data_cfg must be the 'data' section of a training config (a dict), "
+                        f"got {type(data_cfg).__name__}")
+    if "name" not in data_cfg:
+        raise ValueError(f"the data config has no 'name' (one of {', '.join(DATASETS)}); keys present: "
+                         f"{', '.join(sorted(map(str, data_cfg))) or 'none'}")
+    d = {k: data_cfg.get(k, DEFAULTS["data"].get(k)) for k in SPLIT_KEYS}
+    synthetic_classes = {} if num_classes is None else {"num_classes_synthetic": num_classes}
+    return build_datasets(
+        d["name"], d["root"] if root is None else root, image_size=d["image_size"], augment=d["augment"],
+        holdout_fraction=d["holdout_fraction"], split_seed=d["split_seed"],
+        synthetic_num_train=d["synthetic_num_train"], synthetic_num_test=d["synthetic_num_test"],
+        **synthetic_classes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,9 +476,20 @@ def set_loader_epoch(loader: DataLoader, epoch: int, *, skip_batches: int = 0) -
         dataset.set_epoch(epoch)
 
 
-def calibration_batches(dataset: Dataset, batch_size: int, num_batches: int, seed: int = 0) -> list[Tensor]:
-    """``num_batches`` image batches (no labels) for BN recalibration, drawn from ``dataset`` by a seeded
-    permutation (repeated if the dataset is smaller than the request): the same images for the same seed."""
+def calibration_batches(splits: DataSplits, batch_size: int, num_batches: int, seed: int = 0) -> list[Tensor]:
+    """``num_batches`` image batches (no labels) for BN recalibration, drawn from the un-augmented training
+    images ``splits.train_plain`` by a seeded permutation (repeated if the split is smaller than the request):
+    the same images for the same seed.
+
+    Takes the whole ``DataSplits`` rather than a dataset so that augmented images (``splits.train``) cannot reach
+    BN statistics by mistake: they would bias every recalibrated accuracy.
+    """
+    if not isinstance(splits, DataSplits):
+        raise TypeError(f"calibration_batches takes the DataSplits from datasets_from_config or build_datasets "
+                        f"(it draws from their un-augmented train_plain), got {type(splits).__name__}")
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
+    dataset = splits.train_plain
     g = torch.Generator().manual_seed(seed)
     needed = batch_size * num_batches
     order = torch.cat([torch.randperm(len(dataset), generator=g) for _ in range(-(-needed // len(dataset)))])

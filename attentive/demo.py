@@ -23,6 +23,7 @@ from attentive.fileio import write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGETS = "3,5,8"
+TRAIN_CONFIG = "configs/train/fashion_mnist.yaml"
 
 
 def run_stage(title: str, cmd: list[str], done_marker: Path, log_dir: Path) -> float:
@@ -44,11 +45,13 @@ def run_stage(title: str, cmd: list[str], done_marker: Path, log_dir: Path) -> f
 
 
 def check_data(root: Path) -> None:
-    """Fail early, with the fix, when Fashion-MNIST cannot be found or downloaded."""
-    from attentive.data import build_datasets
+    """Fail early, with the fix, when Fashion-MNIST cannot be found or downloaded; builds the training stage's
+    splits (its config's data section), so the sizes printed are the ones it trains and measures on."""
+    from attentive.config import load_config
+    from attentive.data import datasets_from_config
 
     try:
-        splits = build_datasets("fashion_mnist", root)
+        splits = datasets_from_config(load_config(REPO / TRAIN_CONFIG)["data"], root=root)
     except RuntimeError as e:
         raise SystemExit(f"[demo] Fashion-MNIST is not available: {e}")
     print(f"[demo] Fashion-MNIST: {len(splits.train)} train, {len(splits.holdout)} held-out, "
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     train_dir = out / "train"
     seconds["training"] = run_stage(
         "1/3 supernet training (sandwich rule, in-place distillation, BestUp with the predictor)",
-        [py, "train.py", "--config", "configs/train/fashion_mnist.yaml", f"output_dir={train_dir}",
+        [py, "train.py", "--config", TRAIN_CONFIG, f"output_dir={train_dir}",
          f"data.root={args.data_root.resolve()}", "resume=auto", *args.train_override],
         train_dir / "final.json", out / "logs")
     ckpt = train_dir / "last.pt"

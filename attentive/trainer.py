@@ -35,7 +35,7 @@ from .calibration import calibrate_bn
 from .checkpoint import (LAST_NAME, checkpoint_candidates, load_checkpoint, load_newest_checkpoint,
                          save_training_checkpoint)
 from .config import diff_configs, save_config
-from .data import build_datasets, build_loader, calibration_batches, set_loader_epoch
+from .data import build_loader, calibration_batches, datasets_from_config, set_loader_epoch
 from .distributed import (DistEnv, all_gather_json, all_reduce_gradients, all_reduce_mean, all_reduce_sum,
                           broadcast_json, broadcast_module)
 from .fileio import write_json_atomic, write_text_atomic
@@ -128,10 +128,7 @@ class Trainer:
 
         # ---- data ----
         d = cfg["data"]
-        self.data = build_datasets(
-            d["name"], d["root"], image_size=d["image_size"], holdout_fraction=d["holdout_fraction"],
-            split_seed=d["split_seed"], augment=d["augment"], synthetic_num_train=d["synthetic_num_train"],
-            synthetic_num_test=d["synthetic_num_test"], num_classes_synthetic=self.space.num_classes)
+        self.data = datasets_from_config(d, num_classes=self.space.num_classes)
         self.num_classes = self.data.num_classes
         self.batch_size = d["batch_size"]
         self.train_loader = build_loader(self.data.train, self.batch_size, train=True, seed=seed,
@@ -366,8 +363,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # evaluation
     def _calibration(self, num_batches: int) -> list[torch.Tensor]:
-        """The same training images for every arch and every rank (seeded), for BN recalibration."""
-        return calibration_batches(self.data.train, self.batch_size, num_batches, seed=self.seed)
+        """The same un-augmented training images for every arch and every rank (seeded), for BN recalibration."""
+        return calibration_batches(self.data, self.batch_size, num_batches, seed=self.seed)
 
     @torch.no_grad()
     def _count_correct(self, loader) -> tuple[int, int]:

@@ -213,20 +213,16 @@ class Evaluator:
     """Test top-1 of archs inside each run's supernet, BN recalibrated on fixed training batches."""
 
     def __init__(self, cfg: dict, args: argparse.Namespace, calib_batches: int, eval_size: int | None) -> None:
-        from attentive.data import build_datasets, build_loader, calibration_batches
+        from attentive.data import build_loader, calibration_batches, datasets_from_config
         from attentive.space import load_space
 
         d = cfg["data"]
         self.space = load_space(cfg["space"])
-        self.data = build_datasets(d["name"], d["root"], image_size=d["image_size"],
-                                   holdout_fraction=d["holdout_fraction"], split_seed=d["split_seed"],
-                                   augment=d["augment"], synthetic_num_train=d["synthetic_num_train"],
-                                   synthetic_num_test=d["synthetic_num_test"],
-                                   num_classes_synthetic=self.space.num_classes)
+        self.data = datasets_from_config(d, num_classes=self.space.num_classes)
         self.num_classes = self.data.num_classes
         self.device = eval_device(cfg["device"])
         self.channels_last = (self.device.type == "cpu") if cfg["channels_last"] == "auto" else cfg["channels_last"]
-        self.calib = calibration_batches(self.data.train, d["batch_size"], calib_batches, seed=args.calib_seed)
+        self.calib = calibration_batches(self.data, d["batch_size"], calib_batches, seed=args.calib_seed)
         test = seeded_subset(self.data.test, eval_size, seed=args.calib_seed)
         self.num_test = len(test)
         self.test_loader = build_loader(test, d["eval_batch_size"], train=False, num_workers=d["num_workers"])

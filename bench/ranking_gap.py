@@ -225,7 +225,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from attentive.checkpoint import load_supernet
-    from attentive.data import build_datasets, build_loader, calibration_batches
+    from attentive.data import build_loader, calibration_batches, datasets_from_config
     from attentive.flops import count_flops
     from predictors.collect import measure_archs, stratified_archs
     from predictors.proxies import random_minibatch, score_archs
@@ -239,10 +239,7 @@ def _experiment(args: argparse.Namespace) -> int:
     cfg = ckpt["config"]
     d = cfg["data"]
     warning = warn_synthetic(d["name"])
-    data = build_datasets(d["name"], args.data_root or d["root"], image_size=d["image_size"],
-                          holdout_fraction=d["holdout_fraction"], split_seed=d["split_seed"], augment=d["augment"],
-                          synthetic_num_train=d["synthetic_num_train"], synthetic_num_test=d["synthetic_num_test"],
-                          num_classes_synthetic=space.num_classes)
+    data = datasets_from_config(d, num_classes=space.num_classes, root=args.data_root or None)
     if data.num_classes != num_classes:
         raise SystemExit(f"error: the checkpoint has {num_classes} classes, its data {data.num_classes}")
     channels_last = device.type == "cpu"
@@ -260,7 +257,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     # ---- inherited accuracy (supernet weights, BN recalibrated) and proxies ----
     print(f"inherited accuracy of {len(archs)} subnets from {checkpoint} (epoch {ckpt.get('epoch')})", file=sys.stderr)
-    calib = calibration_batches(data.train, d["batch_size"], calib_batches, seed=args.seed)
+    calib = calibration_batches(data, d["batch_size"], calib_batches, seed=args.seed)
     if channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     inherited_test = [r["top1"] for r in measure_archs(supernet, archs, calib, test_loader, device, progress=True,

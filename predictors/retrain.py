@@ -153,22 +153,21 @@ def measurement_tag(checkpoint: Path, calib_batches: int, calib_batch_size: int,
                     holdout_images: int | None = None) -> str:
     """What measured rows are comparable under: the checkpoint's content, the BN calibration setting and the
     number of held-out images (all when None)."""
-    tag = f"ckpt={_file_fingerprint(checkpoint)};calib={calib_batches}x{calib_batch_size}"
+    # calib_images=plain: BN is recalibrated on un-augmented images; rows from before (augmented images, tag
+    # without it) measured something else and must not be resumed into.
+    tag = f"ckpt={_file_fingerprint(checkpoint)};calib={calib_batches}x{calib_batch_size};calib_images=plain"
     return tag if holdout_images is None else f"{tag};holdout_images={holdout_images}"
 
 
-def _build_splits(ckpt: dict, where: Path):
-    from attentive.data import build_datasets
+def _build_splits(ckpt: dict, where: Path, num_classes: int):
+    """The checkpoint's splits, rebuilt exactly as its trainer built them (attentive.data.datasets_from_config)."""
+    from attentive.data import datasets_from_config
 
     cfg = (ckpt.get("config") or {}).get("data")
     if not isinstance(cfg, dict) or not {"name", "root"} <= set(cfg):
         raise UsageError(f"{where}: checkpoint config has no data section with 'name' and 'root'; cannot rebuild "
                          f"the held-out split of its training data")
-    optional = {k: cfg[k] for k in ("holdout_fraction", "split_seed", "image_size", "synthetic_num_train",
-                                     "synthetic_num_test", "num_classes_synthetic") if cfg.get(k) is not None}
-    if cfg["name"] != "imagefolder":
-        optional.pop("image_size", None)  # in-memory datasets are delivered at their native size
-    return build_datasets(cfg["name"], cfg["root"], **optional)
+    return datasets_from_config(cfg, num_classes=num_classes)
 
 
 def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_path: Path, existing: list[dict],
@@ -184,7 +183,7 @@ def _collect_rows(args: argparse.Namespace, supernet, space: SearchSpace, data_p
     candidates = stratified_archs(space, args.num_archs, np.random.default_rng(args.seed))
     todo = [a for a in candidates if arch_key(a) not in have][: args.num_archs - len(existing)]
     splits = splits_fn()
-    calib = calibration_batches(splits.train, args.calib_batch_size, args.calib_batches, seed=CALIBRATION_SEED)
+    calib = calibration_batches(splits, args.calib_batch_size, args.calib_batches, seed=CALIBRATION_SEED)
     holdout = splits.holdout
     if args.holdout_images is not None and args.holdout_images < len(holdout):
         holdout = Subset(holdout, range(args.holdout_images))  # a seeded random subset: so are its first K
@@ -312,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def splits():
         if "splits" not in splits_cache:
-            splits_cache["splits"] = _build_splits(ckpt, args.checkpoint)
+            splits_cache["splits"] = _build_splits(ckpt, args.checkpoint, supernet.num_classes)
         return splits_cache["splits"]
 
     rows = _collect_rows(args, supernet, space, data_path, existing, splits)

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torchvision
 
+from attentive.config import DEFAULTS, load_config
 from attentive.data import (
-    DATASETS, FASHION_MNIST_DIR_ENV, ResumableDistributedSampler, build_datasets, build_loader, calibration_batches,
-    set_loader_epoch,
+    DATASETS, FASHION_MNIST_DIR_ENV, SYNTHETIC_MEAN, SYNTHETIC_STD, DataSplits, ResumableDistributedSampler,
+    build_datasets, build_loader, calibration_batches, datasets_from_config, set_loader_epoch,
 )
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -169,12 +170,112 @@ def test_augmentation_deterministic_per_epoch_and_index(synthetic):
 
 
 def test_calibration_batches_deterministic(synthetic):
-    a = calibration_batches(synthetic.holdout, 8, 4, seed=1)
-    b = calibration_batches(synthetic.holdout, 8, 4, seed=1)
-    c = calibration_batches(synthetic.holdout, 8, 4, seed=2)
-    assert len(a) == 4 and all(x.shape == (8, 3, 28, 28) for x in a)  # 32 > 20 images: permutation repeats
+    a = calibration_batches(synthetic, 64, 4, seed=1)
+    b = calibration_batches(synthetic, 64, 4, seed=1)
+    c = calibration_batches(synthetic, 64, 4, seed=2)
+    assert len(a) == 4 and all(x.shape == (64, 3, 28, 28) for x in a)  # 256 > 180 images: permutation repeats
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def _old_calibration_batches(dataset, batch_size, num_batches, seed):
+    """calibration_batches as it was before it took DataSplits: a seeded permutation of `dataset`, repeated."""
+    g = torch.Generator().manual_seed(seed)
+    needed = batch_size * num_batches
+    order = torch.cat([torch.randperm(len(dataset), generator=g) for _ in range(-(-needed // len(dataset)))])
+    order = order[:needed].tolist()
+    return [torch.stack([dataset[i][0] for i in order[b * batch_size:(b + 1) * batch_size]])
+            for b in range(num_batches)], order
+
+
+def _raw_normalized(splits, base):
+    """Training image `base` of the shared storage, normalized, with no augmentation at all."""
+    mean = torch.tensor(SYNTHETIC_MEAN).view(3, 1, 1)
+    std = torch.tensor(SYNTHETIC_STD).view(3, 1, 1)
+    return (splits.train.images[base].float() / 255 - mean) / std
+
+
+def test_train_plain_shares_the_training_images_without_augmentation():
+    splits = build_datasets("synthetic", "x", synthetic_num_train=200, synthetic_num_test=50, augment="basic")
+    train, plain = splits.train, splits.train_plain
+    assert train.pad > 0 and plain.pad == 0
+    # A view, not a copy: the same uint8 storage and the same index tensor (same images, same order).
+    assert plain.images is train.images and plain.labels.data_ptr() == train.labels.data_ptr()
+    assert torch.equal(plain.indices, train.indices) and plain.indices.data_ptr() == train.indices.data_ptr()
+    assert [plain[i][1] for i in range(len(plain))] == _labels(train)
+    with pytest.raises(ValueError, match="train_plain must be the un-augmented view of train"):
+        DataSplits(train=train, train_plain=splits.holdout, holdout=splits.holdout, test=splits.test,
+                   num_classes=10, image_size=28, name="synthetic")
+
+
+def test_calibration_never_sees_augmented_images():
+    """augment basic: every calibration image is the raw normalized training image; the augmented train split
+    would have given other pixels. Fails if augmented images reach BN recalibration."""
+    splits = build_datasets("synthetic", "x", synthetic_num_train=200, synthetic_num_test=50, augment="basic")
+    batches = calibration_batches(splits, 16, 3, seed=5)
+    _, order = _old_calibration_batches(splits.train_plain, 16, 3, seed=5)  # positions within the split
+    images = torch.cat(batches)
+    assert images.shape == (48, 3, 28, 28)
+    differs = 0
+    for image, i in zip(images, order):
+        base = int(splits.train.indices[i])
+        assert torch.equal(image, _raw_normalized(splits, base)), f"image {i} is augmented"
+        differs += not torch.equal(image, splits.train[i][0])
+    assert differs > 0, "augmentation changed none of the 48 images: the test would not catch augmented images"
+
+
+def test_calibration_with_augment_none_is_bit_identical_to_before():
+    """augment none (the demo config): the same tensors as the old calibration_batches(splits.train, ...)."""
+    splits = build_datasets("synthetic", "x", synthetic_num_train=200, synthetic_num_test=50, augment="none",
+                            num_classes_synthetic=5)
+    for batch_size, num_batches, seed in ((16, 2, 0), (64, 4, 3)):  # 256 > 180 images: the permutation repeats
+        expected, _ = _old_calibration_batches(splits.train, batch_size, num_batches, seed)
+        got = calibration_batches(splits, batch_size, num_batches, seed=seed)
+        assert len(got) == num_batches and all(torch.equal(x, y) for x, y in zip(got, expected))
+
+
+def test_calibration_refuses_anything_but_data_splits(synthetic):
+    for wrong in (synthetic.train, synthetic.train_plain, [synthetic.train[0][0]]):
+        with pytest.raises(TypeError, match="takes the DataSplits .* got"):
+            calibration_batches(wrong, 8, 1)
+    with pytest.raises(ValueError, match="batch_size and num_batches must be >= 1"):
+        calibration_batches(synthetic, 8, 0)
+
+
+def _assert_same_splits(a, b):
+    assert (a.name, a.num_classes, a.image_size) == (b.name, b.num_classes, b.image_size)
+    for part in ("train", "train_plain", "holdout", "test"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert (type(x), len(x), x.pad, x.seed) == (type(y), len(y), y.pad, y.seed), part
+        assert torch.equal(x.indices, y.indices) and torch.equal(x.images, y.images), part
+        assert torch.equal(x.labels, y.labels) and torch.equal(x[0][0], y[0][0]), part
+
+
+def test_datasets_from_config_reads_every_split_key():
+    data = {**DEFAULTS["data"], "name": "synthetic", "root": "unused", "augment": "none", "holdout_fraction": 0.25,
+            "split_seed": 3, "image_size": 16, "synthetic_num_train": 80, "synthetic_num_test": 20}
+    expected = build_datasets("synthetic", "unused", image_size=16, augment="none", holdout_fraction=0.25,
+                              split_seed=3, synthetic_num_train=80, synthetic_num_test=20, num_classes_synthetic=7)
+    _assert_same_splits(datasets_from_config(data, num_classes=7), expected)
+    # Missing keys (older checkpoints) take the config defaults; loader-only keys are ignored.
+    minimal = datasets_from_config({"name": "synthetic", "batch_size": 3})
+    _assert_same_splits(minimal, build_datasets("synthetic", DEFAULTS["data"]["root"]))
+    assert minimal.train.pad > 0  # the default augment is basic
+
+
+def test_datasets_from_config_errors_and_root_override(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="has no 'name'.*keys present: root"):
+        datasets_from_config({"root": "x"})
+    with pytest.raises(TypeError, match="'data' section of a training config"):
+        datasets_from_config(["synthetic"])
+    with pytest.raises(ValueError, match="unknown augment 'mixup'"):
+        datasets_from_config({"name": "synthetic", "augment": "mixup"})
+    package = tmp_path / "package"
+    package.mkdir()
+    _fake_fashion_mnist(package)
+    monkeypatch.setenv(FASHION_MNIST_DIR_ENV, str(package))
+    splits = datasets_from_config({"name": "fashion_mnist", "root": "/nonexistent"}, root=tmp_path / "data")
+    assert (tmp_path / "data" / "FashionMNIST" / "raw").is_dir() and len(splits.test) == 10
 
 
 def _write_idx(path: Path, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
@@ -238,12 +339,19 @@ def test_imagefolder(tmp_path):
     splits = build_datasets("imagefolder", tmp_path, image_size=32, holdout_fraction=0.2)
     assert (len(splits.train), len(splits.holdout), len(splits.test)) == (8, 2, 4)
     assert (splits.num_classes, splits.image_size) == (2, 32)
-    for ds in (splits.train, splits.holdout, splits.test):
+    for ds in (splits.train, splits.train_plain, splits.holdout, splits.test):
         x, y = ds[0]
         assert x.shape == (3, 32, 32) and y in (0, 1)
     # holdout uses the eval transform: deterministic
     assert torch.equal(splits.holdout[0][0], splits.holdout[0][0])
     assert splits.train.dataset.transform is not splits.holdout.dataset.transform
+    # train_plain: the training images in train's order through the holdout's eval transform, sharing the scan
+    assert splits.train_plain.indices == splits.train.indices
+    assert splits.train_plain.dataset.transform is splits.holdout.dataset.transform
+    assert splits.train_plain.dataset.samples is splits.train.dataset.samples
+    calib = calibration_batches(splits, 4, 2, seed=0)
+    assert [x.shape for x in calib] == [(4, 3, 32, 32)] * 2
+    assert torch.equal(torch.cat(calib), torch.cat(calibration_batches(splits, 4, 2, seed=0)))  # no random crops
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -254,3 +362,9 @@ def test_real_fashion_mnist(tmp_path, monkeypatch):
     assert len(splits.test) == 10000
     images = torch.stack([splits.holdout[i][0] for i in range(500)])
     assert images.shape == (500, 3, 28, 28) and abs(images.mean().item()) < 0.2
+    # The demo's training config (augment none): its calibration images are the very tensors they were before.
+    demo = datasets_from_config(load_config(Path(__file__).resolve().parent.parent / "configs" / "train" /
+                                            "fashion_mnist.yaml")["data"], root=tmp_path)
+    assert demo.train.pad == 0
+    expected, _ = _old_calibration_batches(demo.train, 128, 2, seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(calibration_batches(demo, 128, 2, seed=0), expected))

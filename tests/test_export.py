@@ -21,7 +21,7 @@ def setup():
             torch.nn.init.normal_(block.bn3.weight, 0.0, 0.5)
     splits = build_datasets("synthetic", "unused", synthetic_num_train=96, synthetic_num_test=48,
                             holdout_fraction=0.25)
-    calib = calibration_batches(splits.train, 16, 2, seed=0)
+    calib = calibration_batches(splits, 16, 2, seed=0)
     holdout = build_loader(splits.holdout, 32, train=False)
     test = build_loader(splits.test, 32, train=False)
     arch = supernet.space.sample(np.random.default_rng(3))

@@ -284,7 +284,7 @@ def tiny_measurement(tiny):
     supernet = Supernet(tiny).eval()
     splits = build_datasets("synthetic", "unused", synthetic_num_train=64, synthetic_num_test=8,
                             holdout_fraction=0.25, split_seed=0)
-    calib = calibration_batches(splits.train, 8, 1, seed=0)
+    calib = calibration_batches(splits, 8, 1, seed=0)
     loader = build_loader(splits.holdout, 16, train=False)
     small = tiny.min_arch()
     archs = [small] + [tiny.arch_from_indices([r] + tiny.arch_to_indices(small)[1:]) for r in (1,)]
@@ -408,6 +408,43 @@ def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
                                               "--data", str(other), *base])
     assert code == 2 and "measured in another search space" in err and big.hash in err
+
+
+def test_retrain_splits_follow_the_checkpoint_and_calibrate_on_plain_images(checkpoint, tiny, tmp_path, monkeypatch):
+    import argparse
+
+    from predictors import retrain
+
+    data = torch.load(checkpoint, weights_only=True)["config"]["data"]
+    assert "augment" not in data  # so the config default applies: basic, augmented training images
+    seen = {}
+
+    def fake_measure(supernet, archs, calib, loader, **kwargs):  # records what BN would be recalibrated on
+        seen["calib"] = calib
+        return []
+
+    monkeypatch.setattr(retrain, "measure_archs", fake_measure)
+    args = argparse.Namespace(num_archs=3, seed=0, calib_batch_size=8, calib_batches=3, holdout_images=None,
+                              batch_size=16, checkpoint=checkpoint, device="cpu", no_progress=True,
+                              channels_last=False)
+    calibs = {}
+    for augment in ("default", "basic", "none"):
+        cfg = dict(data) if augment == "default" else {**data, "augment": augment}
+        splits = retrain._build_splits({"config": {"data": cfg}}, checkpoint, 10)
+        assert (splits.train.pad > 0) == (augment != "none")  # the checkpoint's augment is read, not assumed
+        retrain._collect_rows(args, None, tiny, tmp_path / "rows.jsonl", [], lambda: splits)
+        calibs[augment] = torch.cat(seen["calib"])
+        positions = torch.randperm(len(splits.train_plain), generator=torch.Generator().manual_seed(0))[:24]
+        expected = torch.stack([splits.train_plain[int(i)][0] for i in positions])
+        assert torch.equal(calibs[augment], expected)  # retrain's fixed calibration seed 0, un-augmented images
+        if augment != "none":
+            assert not torch.equal(calibs[augment], torch.stack([splits.train[int(i)][0] for i in positions]))
+    # The same images whatever augmentation the supernet was trained with.
+    assert torch.equal(calibs["default"], calibs["none"]) and torch.equal(calibs["basic"], calibs["none"])
+    # Synthetic classes come from the supernet (the config never had a class count).
+    assert retrain._build_splits({"config": {"data": data}}, checkpoint, 7).num_classes == 7
+    with pytest.raises(retrain.UsageError, match="no data section with 'name' and 'root'"):
+        retrain._build_splits({"config": {"data": {"name": "synthetic"}}}, checkpoint, 10)
 
 
 def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):

@@ -8,6 +8,7 @@ import torch
 import search as search_cli
 from attentive import Supernet, count_flops, count_flops_batch, load_space
 from attentive.checkpoint import save_atomic
+from attentive.data import calibration_batches, datasets_from_config
 from attentive.export import load_subnet
 from attentive.search import (Objective, evolve, evolve_search, flops_range, hypervolume, non_dominated,
                               pareto_search, repair)
@@ -302,6 +303,24 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's own errors exit 2 as well
         search_cli.main(["--checkpoint", str(checkpoint)])
     assert e.value.code == 2
+
+
+def test_cli_data_is_the_checkpoints_and_calibration_un_augmented(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["config"]["data"]["augment"] == "basic"
+    args = _args("--checkpoint", checkpoint, "--budgets", 5, "--out", tmp_path / "out", "--calib-batches", 2)
+    splits, data_cfg = search_cli.build_data(args, ckpt, 10)
+    expected = datasets_from_config(ckpt["config"]["data"], num_classes=10)
+    assert torch.equal(splits.holdout.indices, expected.holdout.indices) and splits.train.pad > 0
+    calib, _, _, _ = search_cli.loaders(args, splits, data_cfg, torch.device("cpu"))
+    assert [x.shape[0] for x in calib] == [16, 16]  # the checkpoint's batch size
+    assert all(torch.equal(x, y) for x, y in zip(calib, calibration_batches(expected, 16, 2, seed=args.seed)))
+    plain = torch.stack([splits.train_plain[i][0] for i in range(len(splits.train_plain))])
+    assert all(any(torch.equal(image, p) for p in plain) for image in torch.cat(calib))  # none pad-cropped
+    bad = _args("--checkpoint", checkpoint, "--budgets", 5, "--out", tmp_path / "out", "--data-root", tmp_path)
+    ckpt["config"]["data"]["name"] = "mnist3d"
+    with pytest.raises(search_cli.UsageError, match="cannot rebuild the checkpoint's data .*pass --data-root"):
+        search_cli.build_data(bad, ckpt, 10)
 
 
 def test_cli_with_saved_predictor(checkpoint, tmp_path, capsys):

@@ -19,7 +19,7 @@ import attentive.trainer as trainer_mod
 import train
 from attentive.checkpoint import load_supernet
 from attentive.config import load_config
-from attentive.data import set_loader_epoch
+from attentive.data import build_datasets, calibration_batches, datasets_from_config, set_loader_epoch
 from attentive.trainer import KILL_AT_STEP_ENV, CheckpointMismatchError, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +216,32 @@ def test_channels_last_is_default_on_cpu(tmp_path):
     assert t.channels_last
     w = t.model.blocks[0].conv_dw.weight
     assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+def test_trainer_data_is_datasets_from_config_and_calibrates_on_plain_images(tmp_path):
+    cfg = _cfg(tmp_path, "sampler.name=uniform")
+    t = Trainer(cfg)
+    d = cfg["data"]
+    assert d["augment"] == "basic" and t.data.train.pad > 0  # the smoke run trains on augmented images
+    # The splits as the trainer built them before datasets_from_config existed, key by key.
+    before = build_datasets(d["name"], d["root"], image_size=d["image_size"], holdout_fraction=d["holdout_fraction"],
+                            split_seed=d["split_seed"], augment=d["augment"],
+                            synthetic_num_train=d["synthetic_num_train"], synthetic_num_test=d["synthetic_num_test"],
+                            num_classes_synthetic=t.space.num_classes)
+    for splits in (before, datasets_from_config(d, num_classes=t.space.num_classes)):
+        assert (splits.name, splits.num_classes, splits.image_size) == (t.data.name, t.data.num_classes,
+                                                                        t.data.image_size)
+        for part in ("train", "train_plain", "holdout", "test"):
+            ours, theirs = getattr(t.data, part), getattr(splits, part)
+            assert (len(ours), ours.pad, ours.seed) == (len(theirs), theirs.pad, theirs.seed), part
+            assert torch.equal(ours.indices, theirs.indices) and torch.equal(ours.images, theirs.images), part
+    calib = t._calibration(2)
+    expected = calibration_batches(before, t.batch_size, 2, seed=cfg["seed"])
+    assert all(torch.equal(x, y) for x, y in zip(calib, expected))
+    # Un-augmented: each image is one of train_plain's, none pad-cropped or flipped.
+    plain = torch.stack([t.data.train_plain[i][0] for i in range(len(t.data.train_plain))])
+    assert all(any(torch.equal(image, p) for p in plain) for image in torch.cat(calib))
 
 
 # ---- CPU runtime settings ------------------------------------------------------------------------------
