@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
         "drop_connect": 0.2,  # largest subnet only
         "drop_connect_last_stages": 2,  # drop-connect on the blocks of the last N stages; null: all stages
         "max_steps_per_epoch": None,  # cap on steps per epoch (quick runs); null: the whole training split
+        # fixed: the largest subnet at the largest resolution, the smallest at the smallest (AttentiveNAS);
+        # random: both at one resolution drawn per step (OFA's elastic resolution), so that wide nets at low
+        # resolution and narrow nets at high resolution are trained too
+        "sandwich_resolution": "fixed",
     },
     "sampler": {
         "name": "uniform",  # uniform | bestup | worstup
@@ -108,6 +112,7 @@ CHOICES: dict[str, tuple] = {
     "channels_last": ("auto", True, False),
     "data.name": ("fashion_mnist", "cifar10", "imagefolder", "synthetic"),
     "data.augment": ("none", "basic", "autoaugment"),
+    "train.sandwich_resolution": ("fixed", "random"),
     "sampler.name": ("uniform", "bestup", "worstup"),
     "sampler.scorer": ("predictor", "loss"),
     "sampler.predictor_teacher": ("gp", "none"),  # predictors.teacher.TEACHERS (not imported: it loads sklearn)

@@ -16,6 +16,7 @@ and resumed ends with bit-identical weights on CPU (tests/test_train.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -251,6 +252,15 @@ class Trainer:
 
         return self.attentive_sampler.sample(num, predictor_scorer(self.predictor))
 
+    def sandwich_ends(self) -> tuple[Arch, Arch]:
+        """The largest and smallest subnets of the coming step. With train.sandwich_resolution=random both run
+        at one resolution drawn from (seed, step): no generator state to checkpoint, resumes stay exact."""
+        if self.cfg["train"]["sandwich_resolution"] == "fixed":
+            return self.max_arch, self.min_arch
+        rng = np.random.Generator(np.random.PCG64([self.seed, 5, self.global_step]))
+        r = int(rng.choice(self.space.resolutions))
+        return dataclasses.replace(self.max_arch, resolution=r), dataclasses.replace(self.min_arch, resolution=r)
+
     # ------------------------------------------------------------------------------------------------------
     # one step
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -272,8 +282,9 @@ class Trainer:
         images, labels = self._to_device(images, labels)
         self.optimizer.zero_grad(set_to_none=False)  # zeros, not None: every rank reduces every gradient
         losses: list[torch.Tensor] = []
+        max_arch, min_arch = self.sandwich_ends()
 
-        model.set_arch(self.max_arch)
+        model.set_arch(max_arch)
         with self._autocast(), model.regularization(t["dropout"], t["drop_connect"], t["drop_connect_last_stages"]):
             logits = model(images)
         loss = self.criterion(logits.float(), labels)
@@ -281,7 +292,7 @@ class Trainer:
         losses.append(loss.detach())
         teacher = logits.detach().float()
 
-        archs = [self.max_arch, *self.sample_middle(t["num_subnets"] - 2, images, labels), self.min_arch]
+        archs = [max_arch, *self.sample_middle(t["num_subnets"] - 2, images, labels), min_arch]
         for arch in archs[1:]:
             model.set_arch(arch)
             with self._autocast():

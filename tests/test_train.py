@@ -1,7 +1,9 @@
 """Training: the sandwich step, samplers and scorers, checkpoints, exact resume after SIGKILL, NaN stop, logs.
 
 Everything runs the tiny space on small synthetic data (configs/train/smoke.yaml with fewer steps)."""
+import copy
 import ctypes
+import dataclasses
 import json
 import platform
 import os
@@ -72,11 +74,51 @@ def test_sandwich_step_order_clip_and_update(tmp_path):
     assert any(k.endswith("weight") for k in changed)
 
 
-def test_distillation_targets_are_the_largest_subnets_logits(tmp_path):
-    # Identical student and teacher logits give zero KL: the teacher is the detached max-subnet output.
-    logits = torch.randn(4, 10)
-    assert trainer_mod.distill_loss(logits, logits).abs().item() < 1e-6
-    assert trainer_mod.distill_loss(torch.zeros(4, 10), logits).item() > 0
+@pytest.mark.parametrize("resolution", ["fixed", "random"])
+def test_distillation_targets_are_the_largest_subnets_logits(tmp_path, monkeypatch, resolution):
+    """Every distilled subnet's target is the largest subnet's own logits on the same batch in this step."""
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.dropout=0", "train.drop_connect=0",
+                     "train.num_subnets=4", f"train.sandwich_resolution={resolution}"))
+    seen = []
+    real = trainer_mod.distill_loss
+
+    def recording(student, teacher):
+        seen.append((student.detach().clone(), teacher.clone()))
+        return real(student, teacher)
+
+    monkeypatch.setattr(trainer_mod, "distill_loss", recording)
+    images, labels = _first_batch(t)
+    for _ in range(3):  # a few steps: with random resolution, the draws differ between steps
+        reference = copy.deepcopy(t.model)
+        max_arch, min_arch = t.sandwich_ends()
+        reference.set_arch(max_arch)
+        with torch.no_grad():
+            expected = reference(t._to_device(images, labels)[0]).float()
+        seen.clear()
+        out = t.train_step(images, labels)
+        assert out.archs[0] == max_arch and out.archs[-1] == min_arch
+        assert len(seen) == 3  # two sampled subnets and the smallest one
+        for student, teacher in seen:
+            assert torch.equal(teacher, expected)
+            assert not torch.equal(student, teacher)
+    assert real(torch.zeros(4, 10), expected[:4]).item() > 0
+
+
+def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.sandwich_resolution=random"))
+    draws = []
+    for step in range(40):
+        t.global_step = step
+        max_arch, min_arch = t.sandwich_ends()
+        assert max_arch.resolution == min_arch.resolution
+        assert dataclasses.replace(max_arch, resolution=t.max_arch.resolution) == t.max_arch
+        draws.append(max_arch.resolution)
+    assert set(draws) == set(t.space.resolutions)  # both resolutions of the tiny space occur
+    t.global_step = 7
+    assert t.sandwich_ends()[0].resolution == draws[7]  # a function of (seed, step): resumes redraw it
+    fixed = Trainer(_cfg(tmp_path / "fixed", "sampler.name=uniform"))
+    assert fixed.sandwich_ends() == (fixed.max_arch, fixed.min_arch)
+    assert fixed.max_arch.resolution == max(fixed.space.resolutions)
 
 
 def test_bf16_autocast_step_runs_on_cpu(tmp_path):
