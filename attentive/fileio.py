@@ -3,6 +3,7 @@ either the old file or the new one, never a torn one. Shared by checkpoints, exp
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -48,6 +49,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """Non-finite floats (an undefined metric, e.g. Kendall tau of constant values) -> None, in nested dicts and
+    lists, so that the object is strict JSON (null)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

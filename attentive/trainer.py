@@ -95,6 +95,14 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
                     reduction="batchmean", log_target=True)
 
 
+def _kendall_tau(predicted: np.ndarray, measured: np.ndarray) -> float | None:
+    """Kendall tau-b (scipy); None where it is undefined (constant inputs), so the metrics stay JSON."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(predicted, measured).statistic
+    return None if not np.isfinite(tau) else float(tau)
+
+
 def fixed_middle_archs(space, num: int, seed: int, num_classes: int | None = None) -> list[Arch]:
     """`num` archs at evenly spaced FLOPs quantiles of a seeded random pool: the fixed 'middle' validation set."""
     if num == 0:
@@ -451,12 +459,24 @@ class Trainer:
             for j, row in enumerate(part):
                 ordered[r + j * self.env.world_size] = row
         top1 = np.array([row["top1"] for row in ordered])
+        measured = [Arch.from_dict(r["arch"]) for r in ordered]
+        # How well the predictor ranks subnets it was not fitted on, reported in the metrics at every fit: the
+        # previous predictor on these freshly measured subnets, and this fit's own tau on a seeded fifth of them
+        # (fitted once more on the other four fifths; the predictor kept is fitted on all of them).
+        quality: dict[str, Any] = {}
         state = None
         if self.env.is_main:
-            fitted = AccuracyPredictor.fit(self.space, [Arch.from_dict(r["arch"]) for r in ordered], top1,
-                                           seed=self.seed, teacher=s["predictor_teacher"])
+            if self.predictor is not None:
+                quality["tau_previous_predictor"] = _kendall_tau(self.predictor.predict(measured), top1)
+            held = rng.permutation(len(measured))[: max(2, len(measured) // 5)]
+            fit_part = np.setdiff1d(np.arange(len(measured)), held)
+            probe = AccuracyPredictor.fit(self.space, [measured[i] for i in fit_part], top1[fit_part],
+                                          seed=self.seed, teacher=s["predictor_teacher"])
+            quality["tau_holdout"] = _kendall_tau(probe.predict([measured[i] for i in held]), top1[held])
+            quality["tau_holdout_archs"] = int(len(held))
+            fitted = AccuracyPredictor.fit(self.space, measured, top1, seed=self.seed, teacher=s["predictor_teacher"])
             state = fitted.to_state()
-        state = broadcast_json(state, self.env)
+        state, quality = broadcast_json([state, quality], self.env)
         # Every rank, rank 0 included, uses the deserialized copy: identical to what a resumed run loads.
         self.predictor = AccuracyPredictor.from_state(state, self.space)
         self.predictor_source = f"fitted after epoch {epochs_done}"
@@ -467,9 +487,16 @@ class Trainer:
                               "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
             self.predictor.save(out_dir / f"epoch_{epochs_done:04d}")
         summary = {"num_archs": len(ordered), "top1_min": float(top1.min()), "top1_max": float(top1.max()),
-                   "top1_mean": float(top1.mean()), "seconds": time.perf_counter() - start}
-        self.log.info("predictor fitted after epoch %d on %d subnets (held-out top-1 %.2f..%.2f) in %.1fs",
-                      epochs_done, len(ordered), summary["top1_min"], summary["top1_max"], summary["seconds"])
+                   "top1_mean": float(top1.mean()), **quality, "seconds": time.perf_counter() - start}
+        def fmt(tau: float | None) -> str:
+            return "undefined" if tau is None else f"{tau:.3f}"
+
+        previous = (f", previous predictor on the new subnets {fmt(quality['tau_previous_predictor'])}"
+                    if "tau_previous_predictor" in quality else "")
+        self.log.info("predictor fitted after epoch %d on %d subnets (held-out top-1 %.2f..%.2f; Kendall tau on "
+                      "%d subnets it was not fitted on %s%s) in %.1fs", epochs_done, len(ordered),
+                      summary["top1_min"], summary["top1_max"], quality["tau_holdout_archs"],
+                      fmt(quality["tau_holdout"]), previous, summary["seconds"])
         return summary
 
     # ------------------------------------------------------------------------------------------------------

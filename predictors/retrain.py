@@ -33,7 +33,7 @@ from attentive.space import Arch, SearchSpace
 
 from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
 from .features import features, resolve_feature_set
-from attentive.fileio import write_bytes_atomic, write_json_atomic
+from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
 from .metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
 from .teacher import DEFAULT_TEACHER, fit_gaussian_process
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "xgboost_params": predictor.meta["params"], "tuning": tuning,
         "top1_range": [float(top1.min()), float(top1.max())],
     }
-    write_json_atomic(args.out / "metrics.json", _json_safe(metrics))
+    write_json_atomic(args.out / "metrics.json", json_safe(metrics))
     plot_pred_vs_true(args.out / "pred_vs_true.png", y_held, predictions, results)
 
     print(format_table(results, f"held-out metrics ({num_held} archs held out, fit on {num_train}; "
@@ -397,17 +397,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {size:>6}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     print(f"\nwrote {args.out / 'model.json'}, meta.json, metrics.json, pred_vs_true.png")
     return metrics
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN (undefined metric) -> null, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from attentive.space import SearchSpace
 
 from .features import (FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features, resolve_feature_set,
                        to_indices)
-from attentive.fileio import write_bytes_atomic, write_json_atomic
+from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
 from .metrics import regression_metrics
 from .teacher import DEFAULT_NUM_PSEUDO, DEFAULT_TEACHER, check_teacher, gp_pseudo_labels
 
@@ -165,7 +165,7 @@ class AccuracyPredictor:
             "seed": int(seed),
             "params": params,
             "xgboost_version": xgb.__version__,
-            "metrics": {"train": train_metrics, "fit_seconds": fit_seconds},
+            "metrics": json_safe({"train": train_metrics, "fit_seconds": fit_seconds}),  # undefined tau: null
         }
         return cls(booster, space, meta)
 

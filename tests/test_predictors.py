@@ -477,3 +477,15 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     assert predictor.num_archs == 18
     assert predictor.meta["metrics"]["holdout"]["kendall_tau"] == metrics["models"]["xgboost"]["kendall_tau"]
     assert (out / "pred_vs_true.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_on_constant_accuracies_saves_strict_json(tmp_path):
+    """Kendall tau of constant targets is undefined: the predictor's metadata says null, and it saves and loads
+    (a short training run on synthetic data measured equal top-1 for every subnet and could not save it)."""
+    space = load_space("tiny")
+    archs = [space.sample(np.random.default_rng(i)) for i in range(6)]
+    predictor = AccuracyPredictor.fit(space, archs, np.full(6, 10.0), teacher="none")
+    assert predictor.meta["metrics"]["train"]["kendall_tau"] is None
+    predictor.save(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["metrics"]["train"]["kendall_tau"] is None
+    np.testing.assert_array_equal(AccuracyPredictor.load(tmp_path / "p", space).predict(archs), predictor.predict(archs))

@@ -165,6 +165,13 @@ def test_run_writes_checkpoints_logs_and_report(finished_run):
     assert set(report["holdout_top1"]) == {"max", "min", "mid0"} and set(report["test_top1"]) == {"max", "min"}
     kinds = [json.loads(line)["kind"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("val") == 3 and kinds.count("predictor") == 2 and kinds[-1] == "final"
+    # each fit reports how its predictor ranks subnets it was not fitted on; the refresh also scores the
+    # previous predictor on the newly measured subnets
+    fits = [r for r in map(json.loads, (finished_run / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "predictor"]
+    assert [f["tau_holdout_archs"] for f in fits] == [2, 2]
+    assert all(f["tau_holdout"] is None or -1 <= f["tau_holdout"] <= 1 for f in fits)
+    assert "tau_previous_predictor" not in fits[0] and "tau_previous_predictor" in fits[1]
     assert list((finished_run / "tb").iterdir())
     measured = (finished_run / "predictor" / "measured_epoch_0001.jsonl").read_text().splitlines()
     assert len(measured) == 6 and (finished_run / "predictor" / "epoch_0001" / "model.json").is_file()
