@@ -54,7 +54,8 @@ def test_tiny_row_count_by_hand():
 
 
 def test_shortcut_labels():
-    space = load_space("tiny")
+    # Under AttentiveNAS's rule (the tiny space itself now uses channel_pad; see the next test).
+    space = space_from_dict({**load_space("tiny").to_dict(), "shortcut": "conv_when_widths_differ"})
     hi, lo = space.max_arch(), space.min_arch()
     moves = {m.label: m for m in single_dimension_moves(space, hi, "min")}
     # max net: mb1 16 -> mb2 24 is a 1x1-conv shortcut; mb2 at 16 makes it an identity.
@@ -110,7 +111,7 @@ def test_cli_end_to_end(checkpoint, tmp_path, capsys):  # noqa: F811
             assert r["above_min"] == (r["holdout_top1"] > top_min)
         else:
             assert r["above_min"] is None
-    assert by_label["max net, width mb2 24->16"]["shortcut_changes"] == ["mb2 start: conv->identity"]
+    assert by_label["max net, width mb2 24->16"]["shortcut_changes"] == ["mb2 start: pad->identity"]
     assert by_label["max net"]["mflops"] == pytest.approx(max(r["mflops"] for r in rows))
     singles = [r for r in rows if r["base"] == "max" and r["dimension"] not in ("base", "combined")]
     above = sum(r["above_min"] for r in singles)

@@ -90,7 +90,7 @@ def test_flops_params_and_outputs_agree_under_each_rule(rule, kernel_transform):
 
 
 def test_rules_order_the_flops_as_expected():
-    tiny = load_space("tiny")
+    tiny = _variant("tiny", shortcut="conv_when_widths_differ")
     arch = tiny.max_arch()
     pad = count_flops(_variant("tiny", shortcut="channel_pad"), arch)
     conv_if = count_flops(tiny, arch)
@@ -129,13 +129,17 @@ def test_sandwich_ends_train_every_stage_start_shortcut(rule):
 def test_default_rule_leaves_an_untrained_identity():
     """The mechanism behind the issue: under AttentiveNAS's rule, the largest and smallest tiny nets both use a
     conv at mb2's start, while a subnet with mb1 width 16 and mb2 width 16 uses an identity there."""
-    tiny = load_space("tiny")
+    tiny = _variant("tiny", shortcut="conv_when_widths_differ")
     assert _stage_start_kinds(tiny, tiny.max_arch())[1] == "conv"
     assert _stage_start_kinds(tiny, tiny.min_arch())[1] == "conv"
     arch = tiny.max_arch()
     mixed = type(arch)(arch.resolution, (16, 16, 16) + arch.width[3:], arch.depth, arch.kernel_size,
                        arch.expand_ratio)
     assert _stage_start_kinds(tiny, mixed)[1] == "identity"
+
+
+def test_tiny_space_uses_the_parameter_free_shortcut():
+    assert load_space("tiny").shortcut == "channel_pad"
 
 
 def test_kernel_transform_is_identity_at_init_and_learns():
