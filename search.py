@@ -44,8 +44,8 @@ from attentive.data import DataSplits, build_loader, calibration_batches, datase
 from attentive.evaluate import evaluate_arch
 from attentive.export import atomic_directory, check_output_dir, export_subnet, write_json_atomic, write_text_atomic
 from attentive.flops import count_flops, count_params
-from attentive.search import (EvolutionOptions, Objective, ParetoOptions, check_budget, evolve_search,
-                              flops_range, hypervolume, non_dominated, pareto_search)
+from attentive.search import (EvolutionOptions, Objective, ParetoOptions, check_budget, choose_per_budget,
+                              evolve_search, flops_range, hypervolume, non_dominated, pareto_search)
 from attentive.space import Arch, SearchSpace, load_space
 
 PROXIES = ("ntk", "grad_norm", "synflow")
@@ -489,12 +489,10 @@ def search_budgets(args: argparse.Namespace, score_fn: ScoreFn | None = None,
         f"{measure_seconds:.1f}s")
 
     # 3. Re-rank by held-out top-1: each budget's top-K, and every other measured arch that fits the budget (the
-    #    min net fits all; front samples may beat the predictor's picks). Ties: predicted score, fewer MFLOPs.
-    chosen: dict[float, dict[str, Any]] = {}
-    for b in budgets:
-        candidates = [row for row in to_measure if row["mflops"] <= b]
-        chosen[b] = max(candidates, key=lambda row: (row["holdout_top1"], row["predicted"], -row["mflops"]))
-        chosen[b]["exported_for_mflops"].append(b)
+    #    min net fits all; front samples may beat the predictor's picks).
+    chosen = choose_per_budget(to_measure, budgets)
+    for b, row in chosen.items():
+        row["exported_for_mflops"].append(b)
     rows.mark_fronts()
 
     summary: dict[str, Any] = {"budgets": {}}

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds["search"] = run_stage(
         f"3/3 Pareto search and export for budgets {args.budgets} MFLOPs",
         [py, "search.py", "--checkpoint", str(ckpt), "--predictor", str(pred_dir), "--budgets", args.budgets,
-         "--out", str(search_dir), "--force", "--holdout-size", "2000", "--calib-batches", "8"],
+         "--out", str(search_dir), "--force", "--calib-batches", "8"],
         search_dir / "pareto.png", out / "logs")
     table = summarize(out)
     report = write_report(out, table, seconds)

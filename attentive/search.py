@@ -535,3 +535,16 @@ def pareto_search(space: SearchSpace, score_fn: ScoreFn | Objective, seed: int =
         num_scored=objective.num_scored - scored_before, num_seen=len(all_idx),
         seconds=time.perf_counter() - start,
     )
+
+
+def choose_per_budget(measured: Sequence[dict[str, Any]], budgets: Sequence[float]) -> dict[float, dict[str, Any]]:
+    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted"):
+    the best held-out top-1 within the budget; at equal top-1 the one with fewer MFLOPs, which dominates it,
+    then the higher predicted score. Raises ValueError naming a budget that no candidate fits."""
+    chosen = {}
+    for b in budgets:
+        fits = [row for row in measured if row["mflops"] <= b]
+        if not fits:
+            raise ValueError(f"no measured arch fits the budget of {b:g} MFLOPs")
+        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row["mflops"], row["predicted"]))
+    return chosen

@@ -44,7 +44,7 @@ def test_readme_opens_with_the_two_commands():
 
 def test_every_command_has_a_known_entry_point():
     known = {("make", "demo"), ("make", "test"), ("make", "bench"), ("python", "train.py"), ("torchrun",),
-             ("python", "search.py"), ("python", "-m", "predictors.retrain")}
+             ("python", "search.py"), ("python", "-m", "predictors.retrain"), ("python", "bench/probe.py")}
     for cmd in COMMANDS:
         assert any(tuple(cmd[:len(k)]) == k for k in known), f"README command with no test: {' '.join(cmd)}"
     # the three user jobs are all shown, distributed launches included
@@ -75,6 +75,15 @@ def test_retrain_commands_parse(cmd):
 
     args = retrain.build_parser().parse_args(_args_after(cmd, "predictors.retrain"))
     assert args.num_archs > 0
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c[:2] == ["python", "bench/probe.py"]], ids=lambda c: c[3])
+def test_probe_commands_parse(cmd):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import probe
+
+    args = probe.get_args_parser().parse_args(_args_after(cmd, "bench/probe.py"))
+    assert args.checkpoint
 
 
 def test_python_api_block_runs_as_written():

@@ -353,3 +353,16 @@ def test_cli_training_free_proxy(checkpoint, tmp_path):
     summary = json.loads((out / "search.json").read_text())
     assert summary["objective"].startswith("proxy grad_norm, NASI penalty mu=2 nu=1e+06")
     assert json.loads((out / "subnet_4mflops" / "metrics.json").read_text())["mflops"] <= 4
+
+
+def test_each_budget_exports_the_best_measured_arch_and_the_cheaper_one_of_a_tie():
+    from attentive.search import choose_per_budget
+
+    rows = [{"id": "min", "mflops": 1.09, "holdout_top1": 89.45, "predicted": 89.4},
+            {"id": "mid", "mflops": 4.98, "holdout_top1": 89.45, "predicted": 91.2},  # ties the min net: not chosen
+            {"id": "mid_better", "mflops": 6.1, "holdout_top1": 89.75, "predicted": 91.3},
+            {"id": "big", "mflops": 7.88, "holdout_top1": 91.15, "predicted": 91.4}]
+    chosen = choose_per_budget(rows, [3, 5, 7, 8])
+    assert {b: r["id"] for b, r in chosen.items()} == {3: "min", 5: "min", 7: "mid_better", 8: "big"}
+    with pytest.raises(ValueError, match="budget of 1 MFLOPs"):
+        choose_per_budget(rows, [1])
