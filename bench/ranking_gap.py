@@ -76,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-batch", type=int, default=None, help="minibatch for the proxies (default 64; --quick 8)")
     p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's data.root)")
     p.add_argument("--out", default="runs/exp_ranking_gap", help="output directory")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="train from scratch only the archs i with i %% N == K (one process per core or GPU, same "
+                        "--out), then stop; a last run without --shard reuses every saved arch and writes the results")
     p.add_argument("--quick", action="store_true",
                    help="synthetic smoke mode: without --checkpoint a 2-step synthetic supernet is trained first; "
                         "1 epoch x 2 steps per arch (results mean nothing)")
@@ -204,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         problems.append(f"--checkpoint: file not found: {args.checkpoint}")
+    args.shard_index = args.shard_count = None
+    if args.shard is not None:
+        try:
+            args.shard_index, args.shard_count = (int(v) for v in args.shard.split("/"))
+            assert 0 <= args.shard_index < args.shard_count
+        except (ValueError, AssertionError):
+            problems.append(f"--shard must be K/N with 0 <= K < N (e.g. 0/2), got {args.shard!r}")
     if problems:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
@@ -283,6 +293,9 @@ def _experiment(args: argparse.Namespace) -> int:
                                  .encode()).hexdigest()[:16]
             path = out / "scratch" / f"arch_{i:02d}_{key}.json"
             res = read_json(path)
+            if res is None and args.shard_count is not None and i % args.shard_count != args.shard_index:
+                bar.update(1)  # another shard's arch
+                continue
             if res is None:
                 bar.set_postfix_str(f"arch {i}: {mflops[i]:.2f} MFLOPs")
                 res = train_from_scratch(space, arch, data, num_classes, epochs=args.epochs, max_steps=args.max_steps,
@@ -294,6 +307,10 @@ def _experiment(args: argparse.Namespace) -> int:
                 tqdm.write(f"arch {i} diverged (loss {res['final_loss']}); left out of the taus", file=sys.stderr)
             scratch.append(res)
             bar.update(1)
+    if args.shard_count is not None:
+        print(f"shard {args.shard} done: {len(scratch)} of {len(archs)} archs trained from scratch so far in "
+              f"{out / 'scratch'}; run again without --shard to write the results once every shard is done")
+        return 0
 
     rows = []
     for i, arch in enumerate(archs):

@@ -102,7 +102,16 @@ def test_attentive_vs_uniform_quick(exp1_out, capsys):
 def test_ranking_gap_quick(exp1_out, tmp_path):
     ckpt = exp1_out / "runs" / "uniform_seed0" / "last.pt"
     out = tmp_path / "exp2"
-    assert exp2.main(["--quick", "--threads", "1", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    common = ["--quick", "--threads", "1", "--checkpoint", str(ckpt), "--out", str(out)]
+    # two shards split the from-scratch training (one process per core), then one run assembles the results
+    assert exp2.main([*common, "--shard", "1/2"]) == 0
+    assert sorted(int(p.name[5:7]) for p in (out / "scratch").glob("arch_*.json")) == [1, 3, 5, 7]
+    assert not (out / "results.json").exists()
+    assert exp2.main([*common, "--shard", "0/2"]) == 0
+    saved = {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")}
+    assert len(saved) == 8
+    assert exp2.main(common) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")} == saved  # none retrained
     report = json.loads((out / "results.json").read_text())
     assert report["warning"] and report["num_archs"] == 8
     rows = report["rows"]
@@ -129,5 +138,6 @@ def test_usage_errors(capsys):
     assert exp1.main(["--quick", "no.such.key=1"]) == 2
     assert exp2.main([]) == 2  # --checkpoint required outside --quick
     assert exp2.main(["--quick", "--num-archs", "4"]) == 2
+    assert exp2.main(["--quick", "--shard", "2/2"]) == 2
     err = capsys.readouterr().err
-    assert "nope" in err and "seed" in err and "--checkpoint" in err
+    assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err
