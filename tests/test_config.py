@@ -55,6 +55,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     ("amp=fp32", "allowed: none, bf16, fp16"),
     ("sampler.name=random", "allowed: uniform, bestup, worstup"),
     ("sampler.predictor_teacher=forest", "allowed: gp, none"),
+    ("train.sandwich_resolution=sometimes", "allowed: fixed, random"),
     ("channels_last=1", "allowed: auto, true, false"),
     ("train.num_subnets=1", "must be >= 2"),
     ("optim.lr=0", "must be > 0"),
