@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSqueezeExcite, act_layer,
                      drop_connect, dropout, pad_channels)
 from .space import Arch, SearchSpace, load_space
-from .spec import HEAD_EXPAND, BlockSpec, NetSpec, decode, expanded_chs, se_chs, stage_start_widths_can_differ
+from .spec import HEAD_EXPAND, BlockSpec, NetSpec, block_shortcut, decode, expanded_chs, se_chs
 from .static import StaticNet
 
 
@@ -128,8 +128,9 @@ class Supernet(nn.Module):
                         stride=stage.stride if j == 0 else 1,
                         max_se_chs=se_chs(max_mid) if stage.se else 0,
                         has_expand=max(stage.expand_ratios) != 1,
-                        has_shortcut_conv=(j == 0 and space.shortcut != "channel_pad"
-                                           and stage_start_widths_can_differ(space, s)),
+                        # a conv where the space's rule gives some arch one (attentive.spec.block_shortcut)
+                        has_shortcut_conv=any(block_shortcut(space, s, j, i, o) == "conv"
+                                              for i in in_widths for o in stage.widths),
                         activation=stage.activation,
                         kernel_transform=space.kernel_transform,
                     )
