@@ -34,6 +34,23 @@ def bn_calibration(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+@contextlib.contextmanager
+def preserved_bn_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Forward passes inside (candidate scoring, measuring subnets, probes) leave every BN running statistic and
+    counter, and every module's train/eval mode, as they were on entry."""
+    was_training = {m: m.training for m in model.modules()}
+    bufs = [b for bn in _batchnorms(model) for b in bn.buffers()]
+    saved = [b.detach().clone() for b in bufs]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, s in zip(bufs, saved):
+                b.copy_(s)
+        for m, mode in was_training.items():
+            m.training = mode
+
+
 @torch.no_grad()
 def calibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str | None = None,
                  channels_last: bool = False) -> int:

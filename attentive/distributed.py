@@ -44,16 +44,18 @@ class DistEnv:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' -> a device; cuda gets this process's local rank."""
+    """The one parser of a device name: 'auto' (cuda when available) | 'cpu' | 'cuda' (this process's local rank)
+    | 'cuda:N'. Raises ValueError naming the value and what is allowed; RuntimeError when CUDA is asked for but
+    missing."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but CUDA is not available; use device=cpu or device=auto")
-        return torch.device("cuda", local_rank)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine; use cpu or auto")
+        return torch.device("cuda", local_rank if name == "cuda" else int(name[5:]))
+    raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
 def launched_by_torchrun() -> bool:

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
+class BadFileError(ValueError):
+    """A file that cannot be used as what it claims to be: missing, truncated, foreign (another format, space or
+    version) or tampered. The message names the file and why; every CLI turns it into exit status 2."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -28,11 +28,12 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from .flops import count_flops, count_flops_batch
+from .scoring import ScoreFn, score_batch
 from .space import Arch, SearchSpace, _require_generator
 
 __all__ = [
     "CACHE_ENV", "DEFAULT_STEP_MFLOPS", "SAMPLERS", "MODES", "FlopsBuckets", "UniformSampler", "AttentiveSampler",
-    "IndexScorer", "Sampler", "predictor_scorer", "flops_scorer", "build_sampler", "default_cache_dir", "default_step_mflops",
+    "Sampler", "build_sampler", "default_cache_dir", "default_step_mflops",
 ]
 
 CACHE_ENV = "ATTENTIVE_CACHE"
@@ -41,8 +42,6 @@ SAMPLERS = ("uniform", "bestup", "worstup")
 MODES = ("bestup", "worstup")
 _CACHE_FORMAT = 1
 _BUILD_CHUNK = 1 << 17  # archs per chunk while building: bounds peak memory (float draws are 8 bytes per gene)
-
-ScoreFn = Callable[[Any], np.ndarray]
 
 
 def default_cache_dir() -> Path:
@@ -329,49 +328,6 @@ class FlopsBuckets:
         return np.where(inside.any(axis=1)[:, None], mutants[np.arange(m), first], base)
 
 
-# ---- scorers -------------------------------------------------------------------------------------------------
-class IndexScorer:
-    """A score function that takes gene-index arrays (n, G) as well as lists of Arch.
-
-    Samplers pass it the index array directly and skip building Arch objects for every candidate.
-    `fn` must accept both forms (predictors and `count_flops_batch` do).
-    """
-
-    accepts_indices = True
-
-    def __init__(self, fn: Callable[[Any], Any], name: str = "") -> None:
-        self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
-
-    def __call__(self, archs_or_indices: Sequence[Arch] | np.ndarray) -> np.ndarray:
-        return np.asarray(self.fn(archs_or_indices), dtype=np.float64).reshape(-1)
-
-    def __repr__(self) -> str:
-        return f"IndexScorer({self.name})"
-
-
-def predictor_scorer(predictor: Any) -> IndexScorer:
-    """Score = `predictor.predict(index_array)` (predicted accuracy; higher is better)."""
-    if not callable(getattr(predictor, "predict", None)):
-        raise TypeError(f"predictor must have a predict(archs_or_index_array) method, got {type(predictor).__name__}")
-    return IndexScorer(predictor.predict, name=f"{type(predictor).__name__}.predict")
-
-
-def flops_scorer(space: SearchSpace, num_classes: int | None = None) -> IndexScorer:
-    """Score = MFLOPs (bestup with it picks the largest candidate): a reference scorer for tests and sanity runs."""
-    return IndexScorer(lambda x: count_flops_batch(space, x, num_classes), name="mflops")
-
-
-def _scores(score_fn: ScoreFn, indices: np.ndarray, space: SearchSpace) -> np.ndarray:
-    arg = indices if getattr(score_fn, "accepts_indices", False) else _decode_many(space, indices)
-    scores = np.asarray(score_fn(arg), dtype=np.float64).reshape(-1)
-    if scores.shape != (len(indices),):
-        raise ValueError(f"score_fn returned {scores.size} scores for {len(indices)} archs")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(f"score_fn returned non-finite scores: {scores[~np.isfinite(scores)][:5]}")
-    return scores
-
-
 # ---- samplers ------------------------------------------------------------------------------------------------
 class _Sampler:
     name = "base"
@@ -461,7 +417,7 @@ class AttentiveSampler(_Sampler):
             return []
         targets = self.buckets.sample_buckets(num, self.rng)
         cands = self.buckets.draw_many(targets, self.num_trials, self.rng, self.mutate_prob, self.mutate_tries)
-        scores = _scores(score_fn, cands.reshape(num * self.num_trials, -1), self.space).reshape(num, -1)
+        scores = score_batch(score_fn, cands.reshape(num * self.num_trials, -1), self.space).reshape(num, -1)
         pick = scores.argmax(axis=1) if self.mode == "bestup" else scores.argmin(axis=1)
         return _decode_many(self.space, cands[np.arange(num), pick])
 

@@ -256,7 +256,7 @@ class Trainer:
             return self.uniform_sampler.sample(num)
         if self.cfg["sampler"]["scorer"] == "loss":
             return self.attentive_sampler.sample(num, self._loss_scorer(images, labels))
-        from .sampling import predictor_scorer
+        from .scoring import predictor_scorer
 
         return self.attentive_sampler.sample(num, predictor_scorer(self.predictor))
 

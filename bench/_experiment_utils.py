@@ -153,20 +153,6 @@ def seeded_subset(dataset: Any, size: int | None, seed: int) -> Any:
 
 
 # ---- statistics --------------------------------------------------------------------------------------------
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None]:
-    """scipy.stats.kendalltau (tau-b); None where undefined (fewer than 2 finite pairs, a constant side)."""
-    from scipy.stats import kendalltau
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2:
-        return {"tau": None, "p_value": None, "n": int(ok.sum())}
-    res = kendalltau(x[ok], y[ok])
-    tau, p = float(res.statistic), float(res.pvalue)
-    return {"tau": tau if math.isfinite(tau) else None, "p_value": p if math.isfinite(p) else None,
-            "n": int(ok.sum())}
-
-
 def spread(values: Iterable[float | None]) -> dict[str, float | None]:
     """mean, sample std (ddof=1; 0 for one value), min, max and n over the finite values."""
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)

@@ -39,9 +39,10 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _experiment_utils import (ROOT, eval_device, fmt, kendall_tau, pyplot, read_json, run_train,  # noqa: E402
+from _experiment_utils import (ROOT, eval_device, fmt, pyplot, read_json, run_train,  # noqa: E402
                                save_figure_atomic, seeded_subset, tail, warn_synthetic, write_csv_atomic,
                                write_json_atomic)
+from attentive.metrics import kendall_tau  # noqa: E402
 
 PROXIES = ("ntk", "grad_norm", "synflow")
 QUICK_SUPERNET = ROOT / "configs" / "train" / "smoke.yaml"

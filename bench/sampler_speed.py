@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from attentive import count_flops, load_space
-from attentive.sampling import AttentiveSampler, FlopsBuckets, IndexScorer, default_step_mflops
+from attentive.sampling import AttentiveSampler, FlopsBuckets, default_step_mflops
+from attentive.scoring import IndexScorer
 
 NAIVE_MAX_TRIALS = 100  # the reference's max_trials
 

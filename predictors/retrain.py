@@ -34,7 +34,7 @@ from attentive.space import Arch, SearchSpace
 from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
 from .features import features, resolve_feature_set
 from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
-from .metrics import rank_metrics, regression_metrics
+from attentive.metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
 from .teacher import DEFAULT_TEACHER, fit_gaussian_process
 from .xgb import DEFAULT_FEATURE_SET, AccuracyPredictor, tune_params

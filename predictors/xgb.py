@@ -20,7 +20,7 @@ from attentive.space import SearchSpace
 from .features import (FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features, resolve_feature_set,
                        to_indices)
 from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
-from .metrics import regression_metrics
+from attentive.metrics import regression_metrics
 from .teacher import DEFAULT_NUM_PSEUDO, DEFAULT_TEACHER, check_teacher, gp_pseudo_labels
 
 FORMAT = "attentive.accuracy_predictor"

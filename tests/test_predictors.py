@@ -11,7 +11,7 @@ from attentive.data import build_datasets, build_loader, calibration_batches
 from predictors import collect
 from predictors.collect import measure_archs, read_rows, stratified_archs
 from predictors.features import FEATURE_VERSION, GENES_MIN_ARCHS, feature_names, features, resolve_feature_set
-from predictors.metrics import regression_metrics, top_fraction_overlap
+from attentive.metrics import regression_metrics, top_fraction_overlap
 from predictors.retrain import main as retrain_main, measurement_tag
 from predictors.teacher import DEFAULT_NUM_PSEUDO, fit_gaussian_process, gp_pseudo_labels
 from predictors.xgb import AccuracyPredictor, tune_params

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from attentive import count_flops_batch, load_space
+from attentive.scoring import IndexScorer, predictor_scorer
 from attentive.sampling import (
-    AttentiveSampler, FlopsBuckets, IndexScorer, UniformSampler, build_sampler, default_step_mflops, flops_scorer,
-    predictor_scorer,
+    AttentiveSampler, FlopsBuckets, UniformSampler, build_sampler, default_step_mflops,
 )
 
 POOL = 20_000
@@ -238,7 +238,7 @@ def test_best_and_worst_up_pick_extreme_candidate(setup, mode, scorer):
     space, buckets = setup
     num, k = 5, 4
     calls = []
-    base = flops_scorer(space) if scorer == "mflops" else _depth_sum_scorer
+    base = IndexScorer(lambda x: count_flops_batch(space, x), name="mflops") if scorer == "mflops" else _depth_sum_scorer
 
     def recording(archs):
         calls.append(list(archs))
@@ -292,7 +292,7 @@ def test_bad_arguments_raise_clear_errors(setup):
         AttentiveSampler(space, buckets).sample(2, None)
     with pytest.raises(ValueError, match="num_trials"):
         AttentiveSampler(space, buckets, num_trials=0)
-    with pytest.raises(ValueError, match="3 scores for 6"):
+    with pytest.raises(ValueError, match="6 archs, got 3 scores"):
         AttentiveSampler(space, buckets, num_trials=3).sample(2, lambda a: np.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         AttentiveSampler(space, buckets, num_trials=3).sample(2, lambda a: np.full(len(a), np.nan))

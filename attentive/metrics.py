@@ -1,7 +1,9 @@
-"""Ranking and regression metrics of predicted vs measured accuracy (held-out archs)."""
+"""Ranking and regression metrics of predicted vs measured accuracy (held-out archs): the one home of Kendall tau
+and friends, used by the trainer's in-training predictor report, `predictors` and the bench scripts."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
@@ -20,6 +22,23 @@ def _finite_or_nan(x: float) -> float:
     return float(x) if np.isfinite(x) else float("nan")
 
 
+def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """Kendall tau-b (scipy) over the pairs where both sides are finite, with its p-value and the pair count;
+    tau and p are None where undefined (fewer than 2 pairs, a constant side), so the result stays valid JSON."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 2 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:  # scipy warns and returns NaN; say so quietly
+        return {"tau": None, "p_value": None, "n": n}
+    res = kendalltau(x[ok], y[ok])
+    tau, p = float(res.statistic), float(res.pvalue)
+    return {"tau": tau if math.isfinite(tau) else None, "p_value": p if math.isfinite(p) else None, "n": n}
+
+
+def _none_to_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def rank_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Kendall tau, Spearman rho and top-10% overlap (NaN when undefined, e.g. constant input)."""
     predicted, true = np.asarray(predicted, dtype=np.float64), np.asarray(true, dtype=np.float64)
@@ -30,7 +49,7 @@ def rank_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
         raise ValueError(f"rank metrics need at least 2 archs, got {len(true)}")
     constant = np.ptp(predicted) == 0 or np.ptp(true) == 0  # scipy warns and returns NaN; say so quietly
     return {
-        "kendall_tau": float("nan") if constant else _finite_or_nan(kendalltau(predicted, true).statistic),
+        "kendall_tau": _none_to_nan(kendall_tau(predicted, true)["tau"]),
         "spearman_rho": float("nan") if constant else _finite_or_nan(spearmanr(predicted, true).statistic),
         "top10_overlap": top_fraction_overlap(predicted, true, 0.1),
     }
