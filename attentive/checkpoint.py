@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .fileio import write_atomic
+from .fileio import BadFileError, write_atomic
 from .space import space_from_dict
 from .supernet import Supernet
 
-FORMAT_VERSION = 1
+# What train.py writes; a file with another "format" is refused, and a newer version is refused by name.
+TRAIN_CHECKPOINT_FORMAT = "attentive.train_checkpoint"
+TRAIN_CHECKPOINT_VERSION = 1
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -20,23 +23,63 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict (tensors and plain Python data only: weights_only=True)."""
+    """Load a supernet checkpoint dict (tensors and plain Python data only: weights_only=True).
+
+    Raises `BadFileError` naming the file when it is missing, truncated or torn, not a torch file, holds code
+    objects (weights_only refuses them), is not an attentive checkpoint, or is of a newer format version.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        raise BadFileError(path, "no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip/pickle/weights_only errors: all mean "this file is not a readable checkpoint"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise BadFileError(path, f"not a readable checkpoint (truncated, torn, or not written by train.py): "
+                                 f"{type(e).__name__}: {first_line[:200]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "space" not in ckpt:
-        raise ValueError(f"{path} is not an attentive supernet checkpoint (needs keys 'model' and 'space')")
+        raise BadFileError(path, "not an attentive supernet checkpoint (it needs the keys 'model' and 'space')")
+    if ckpt.get("format", TRAIN_CHECKPOINT_FORMAT) != TRAIN_CHECKPOINT_FORMAT:
+        raise BadFileError(path, f"format {ckpt.get('format')!r} is not an attentive training checkpoint "
+                                 f"({TRAIN_CHECKPOINT_FORMAT!r})")
+    version = ckpt.get("format_version", TRAIN_CHECKPOINT_VERSION)
+    if not isinstance(version, int) or version > TRAIN_CHECKPOINT_VERSION:
+        raise BadFileError(path, f"checkpoint format version {version!r} is newer than this attentive reads "
+                                 f"({TRAIN_CHECKPOINT_VERSION}); upgrade attentive")
     return ckpt
 
 
+def check_state_dict(path: str | Path, own: dict[str, torch.Tensor], theirs: Any) -> None:
+    """Refuse weights `theirs` (from file `path`) that do not fit a model whose state_dict is `own`: missing or
+    unexpected keys, or other shapes. Raises `BadFileError` saying which."""
+    if not isinstance(theirs, dict):
+        raise BadFileError(path, f"weights must be a state_dict (a dict of tensors), got {type(theirs).__name__}")
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    shapes = [k for k in own if k in theirs and (not isinstance(theirs[k], torch.Tensor)
+                                                 or tuple(own[k].shape) != tuple(theirs[k].shape))]
+    if missing or unexpected or shapes:
+        raise BadFileError(path, f"weights do not fit the model: missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]}, shape mismatch {shapes[:5]}")
+
+
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
-    """Rebuild the supernet stored in a training checkpoint; returns (supernet, checkpoint dict)."""
+    """Rebuild the supernet stored in a training checkpoint; returns (supernet, checkpoint dict). Raises
+    `BadFileError` naming the file for anything `load_checkpoint` refuses, a space that does not match its stored
+    hash (edited), or weights that do not fit the space's supernet."""
+    path = Path(path)
     ckpt = load_checkpoint(path, map_location)
-    space = space_from_dict(ckpt["space"], where=f"{path}: space")
+    try:
+        space = space_from_dict(ckpt["space"], where=f"{path}: space")
+    except (TypeError, ValueError, KeyError) as e:
+        raise BadFileError(path, f"its search space does not load: {e}") from None
     if "space_hash" in ckpt and ckpt["space_hash"] != space.hash:
-        raise ValueError(f"{path}: stored space hash {ckpt['space_hash']} does not match its space ({space.hash})")
-    model = Supernet(space, num_classes=ckpt.get("num_classes", space.num_classes))
+        raise BadFileError(path, f"stored space hash {ckpt['space_hash']} does not match its space ({space.hash}): "
+                                 f"the file was edited")
+    num_classes = ckpt.get("num_classes", space.num_classes)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise BadFileError(path, f"num_classes must be a positive integer, got {num_classes!r}")
+    model = Supernet(space, num_classes=num_classes)
+    check_state_dict(path, model.state_dict(), ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return model.to(map_location), ckpt
 
@@ -65,12 +108,10 @@ def load_newest_checkpoint(run_dir: str | Path, map_location: str | torch.device
     A file that cannot be read (truncated, torn, not a checkpoint) is skipped with a warning. `check(path, ckpt)`
     may raise to refuse a readable checkpoint (another space or model): that error propagates, it is not skipped.
     """
-    import warnings
-
     for path in checkpoint_candidates(run_dir):
         try:
             ckpt = load_checkpoint(path, map_location)
-        except Exception as e:  # truncated zip, unpickling error, missing keys: fall back to an older file
+        except BadFileError as e:  # truncated zip, unpickling error, missing keys: fall back to an older file
             warnings.warn(f"skipping checkpoint {path}: it does not load ({type(e).__name__}: {e})", RuntimeWarning,
                           stacklevel=2)
             continue

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from .calibration import calibrate_bn
-from .checkpoint import (LAST_NAME, checkpoint_candidates, load_checkpoint, load_newest_checkpoint,
-                         save_training_checkpoint)
+from .checkpoint import (LAST_NAME, TRAIN_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_VERSION, checkpoint_candidates,
+                         load_checkpoint, load_newest_checkpoint, save_training_checkpoint)
 from .config import diff_configs, save_config
 from .data import build_loader, calibration_batches, datasets_from_config, set_loader_epoch
 from .distributed import (DistEnv, all_gather_json, all_reduce_gradients, all_reduce_mean, all_reduce_sum,
@@ -45,8 +45,6 @@ from .logging_utils import MetricsLogger, get_logger
 from .space import Arch, load_space
 from .supernet import Supernet
 
-CHECKPOINT_FORMAT = "attentive.train_checkpoint"
-CHECKPOINT_VERSION = 1
 # Fault injection for the crash-resume test: the process SIGKILLs itself right after this global step (and the
 # checkpoint due at it, if any). Read from the environment, never from the config, so resumes don't inherit it.
 KILL_AT_STEP_ENV = "ATTENTIVE_FAULT_KILL_AT_STEP"
@@ -437,7 +435,7 @@ class Trainer:
     def fit_predictor(self, epochs_done: int) -> dict[str, Any]:
         """Measure N stratified subnets (BN-recalibrated, on the held-out split: never the test split), fit the
         XGBoost predictor on rank 0 and share it (JSON) so every rank scores candidates identically."""
-        from predictors.collect import measure_archs, stratified_archs
+        from .measure import measure_archs, stratified_archs
         from predictors.xgb import AccuracyPredictor
 
         s = self.cfg["sampler"]
@@ -503,8 +501,8 @@ class Trainer:
     # checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
+            "format": TRAIN_CHECKPOINT_FORMAT,
+            "format_version": TRAIN_CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "space": self.space.to_dict(),
             "space_hash": self.space.hash,
@@ -535,7 +533,7 @@ class Trainer:
 
     def check_checkpoint(self, path: Path, ckpt: dict) -> None:
         """Refuse a checkpoint of another space or model, saying what differs."""
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        if ckpt.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise CheckpointMismatchError(f"{path} is not a training checkpoint of attentive (format "
                                           f"{ckpt.get('format')!r}); resume needs a file written by train.py")
         if ckpt.get("space_hash") != self.space.hash:

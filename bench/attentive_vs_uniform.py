@@ -17,7 +17,7 @@ Per run:
   * time: training-loop seconds per epoch (metrics.jsonl "epoch" records), optimizer-step seconds per epoch
     (final.json train_seconds / epochs, exact across resumes) and all-in wall seconds per epoch (the train.py
     process, incl. start-up, validation and predictor fitting; unknown when the run was resumed or reused);
-  * the front: TEST top-1 of a fixed set of --num-archs archs (predictors.collect.stratified_archs with
+  * the front: TEST top-1 of a fixed set of --num-archs archs (attentive.measure.stratified_archs with
     --arch-seed: the min and max arch plus archs spread over the FLOPs range; the same archs for every run), each
     after BN recalibration on the same --calib-batches batches of training images (seeded);
   * the searched subnet per budget: attentive.search.evolve with the predictor the run fitted (held-out data)
@@ -234,7 +234,7 @@ class Evaluator:
         """(rows with test top-1 for `archs`, the checkpoint dict). Rows are cached per run in a JSONL file whose
         name hashes the checkpoint's position and the evaluation settings: reruns reuse them."""
         from attentive.checkpoint import load_supernet
-        from predictors.collect import measure_archs
+        from attentive.measure import measure_archs
 
         model, ckpt = load_supernet(run["run_dir"] / "last.pt", map_location=self.device)
         if ckpt["space_hash"] != self.space.hash:
@@ -415,7 +415,7 @@ def _experiment(args: argparse.Namespace, methods: list[str], seeds: list[int], 
 
     from attentive.flops import count_flops
     from attentive.search import flops_range
-    from predictors.collect import stratified_archs
+    from attentive.measure import stratified_archs
 
     cfg = runs[0]["cfg"]
     warning = warn_synthetic(cfg["data"]["name"])

@@ -1,6 +1,6 @@
 """Experiment 2: do weight-shared (inherited) accuracies rank subnets as training them from scratch does?
 
-K >= 8 subnets of different FLOPs (predictors.collect.stratified_archs with --arch-seed: the min and max arch and
+K >= 8 subnets of different FLOPs (attentive.measure.stratified_archs with --arch-seed: the min and max arch and
 the rest spread over the FLOPs range) are each trained from scratch with the same recipe and budget: a fresh
 StaticNet.from_arch (init seeded by --seed), SGD with Nesterov momentum, cosine learning rate per step to 0,
 cross-entropy with label smoothing, the same --epochs x --max-steps batches in the same seeded order for every
@@ -238,7 +238,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from attentive.checkpoint import load_supernet
     from attentive.data import build_loader, calibration_batches, datasets_from_config
     from attentive.flops import count_flops
-    from predictors.collect import measure_archs, stratified_archs
+    from attentive.measure import measure_archs, stratified_archs
     from predictors.proxies import random_minibatch, score_archs
 
     out = Path(args.out)

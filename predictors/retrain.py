@@ -31,7 +31,7 @@ from attentive.checkpoint import load_supernet
 from attentive.flops import count_flops_batch
 from attentive.space import Arch, SearchSpace
 
-from .collect import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
+from attentive.measure import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
 from .features import features, resolve_feature_set
 from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
 from attentive.metrics import rank_metrics, regression_metrics

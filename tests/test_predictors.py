@@ -8,8 +8,8 @@ from scipy.stats import kendalltau
 from attentive import Supernet, count_flops, count_flops_batch, load_space
 from attentive.checkpoint import save_atomic
 from attentive.data import build_datasets, build_loader, calibration_batches
-from predictors import collect
-from predictors.collect import measure_archs, read_rows, stratified_archs
+from attentive import measure as collect
+from attentive.measure import measure_archs, read_rows, stratified_archs
 from predictors.features import FEATURE_VERSION, GENES_MIN_ARCHS, feature_names, features, resolve_feature_set
 from attentive.metrics import regression_metrics, top_fraction_overlap
 from predictors.retrain import main as retrain_main, measurement_tag

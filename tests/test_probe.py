@@ -142,5 +142,5 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):  # noqa: F811
     usage(["--checkpoint", foreign, "--out", tmp_path / "o"], str(foreign), "not a readable")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)  # a torch file, but no supernet in it
-    usage(["--checkpoint", other, "--out", tmp_path / "o"], str(other), "needs keys 'model' and 'space'")
+    usage(["--checkpoint", other, "--out", tmp_path / "o"], str(other), "needs the keys 'model' and 'space'")
     assert not (tmp_path / "o").exists()

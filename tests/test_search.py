@@ -289,7 +289,7 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):
     _usage_error(capsys, [*base, "--budgets", "5,abc"], "'abc' is not a number")
     _usage_error(capsys, [*base, "--budgets", "5"], "stores no accuracy predictor", "--predictor", "--proxy")
     _usage_error(capsys, ["--checkpoint", tmp_path / "missing.pt", "--out", out, "--budgets", "5"],
-                 "checkpoint not found")
+                 "no such checkpoint file")
     _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of --space attentivenas")
     big = tmp_path / "big.json"
     big.write_text(space.max_arch().to_json())

@@ -4,7 +4,8 @@ the held-out split of the training set, appended to a JSONL file as they are mea
 Each row is one JSON line ``{"arch": {...}, "mflops": float, "top1": float, "space_hash": str, "tag": str|null}``
 written with flush + fsync, so an interrupted collection loses at most the arch in progress; calling
 `measure_archs` again with the same file skips the archs already there. A torn last line (crash mid-write) is
-dropped with a warning. The trainer calls the same functions when it fits its predictor during training.
+dropped with a warning. The trainer (fitting its predictor during training), `python -m predictors.retrain` and
+the bench scripts all measure subnets through these functions.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from attentive.evaluate import evaluate_arch
-from attentive.flops import count_flops, count_flops_batch
-from attentive.space import Arch, SearchSpace
-
-from attentive.fileio import fsync_dir
+from .calibration import preserved_bn_state
+from .evaluate import evaluate_arch
+from .fileio import fsync_dir
+from .flops import count_flops, count_flops_batch
+from .space import Arch, SearchSpace
 
 DEFAULT_NUM_BUCKETS = 20
 
@@ -172,10 +173,6 @@ def _open_for_append(path: Path, space: SearchSpace, tag: str | None) -> tuple[d
 
 
 # ---- measuring -----------------------------------------------------------------------------------------
-def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
-    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
-
-
 def measure_archs(
     supernet: nn.Module,
     archs: Iterable[Arch | dict],
@@ -208,10 +205,8 @@ def measure_archs(
     total = len({arch_key(a) for a in archs})
 
     saved_arch = getattr(supernet, "active_arch", None)
-    saved_bn = [b.detach().clone() for b in _bn_buffers(supernet)]
-    saved_modes = {m: m.training for m in supernet.modules()}
     try:
-        with tqdm(total=total, initial=total - len(todo), desc="measure archs", unit="arch",
+        with preserved_bn_state(supernet), tqdm(total=total, initial=total - len(todo), desc="measure archs", unit="arch",
                   disable=not progress, dynamic_ncols=True) as bar:
             for arch in todo:
                 top1 = evaluate_arch(supernet, arch, calib_batches, holdout_loader, device, channels_last)
@@ -227,11 +222,6 @@ def measure_archs(
     finally:
         if out_file is not None:
             out_file.close()
-        with torch.no_grad():
-            for buf, saved in zip(_bn_buffers(supernet), saved_bn):
-                buf.copy_(saved)
-        for m, mode in saved_modes.items():
-            m.training = mode
         if saved_arch is not None:
             supernet.set_arch(saved_arch)
     return [done[arch_key(a)] for a in archs]
