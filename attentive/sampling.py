@@ -445,7 +445,7 @@ def build_sampler(name: str, space: SearchSpace, buckets: FlopsBuckets | None = 
     if name == "uniform":
         return UniformSampler(space, seed=seed)
     if buckets is None:
-        build_kw = {k: kw.pop(k) for k in ("step_mflops", "pool_size", "cache_dir", "min_count", "num_classes")
-                    if k in kw}
+        build_kw = {k: kw.pop(k) for k in ("step_mflops", "pool_size", "cache_dir", "min_count", "num_classes",
+                                                   "use_cache") if k in kw}
         buckets = FlopsBuckets.build(space, seed=kw.pop("buckets_seed", 0), **build_kw)
     return AttentiveSampler(space, buckets, mode=name, seed=seed, **kw)
