@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["attentive", "attentive.*", "predictors", "predictors.*"]),
     py_modules=["train", "search"],
+    package_data={"attentive": ["spaces/*.yaml"]},  # the named search spaces: load_space("tiny")
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

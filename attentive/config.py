@@ -21,7 +21,7 @@ from .fileio import write_text_atomic
 # Defaults of every key. A comment says what a key does; the same text is in configs/train/*.yaml.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,  # seeds model init, samplers, data order and augmentation; runs and resumes reproduce exactly
-    "space": "tiny",  # a name in configs/spaces or a path to a space YAML
+    "space": "tiny",  # a name in attentive/spaces or a path to a space YAML
     "output_dir": "runs/default",  # checkpoints, config.yaml, metrics.jsonl, tb/ and final.json go here
     "resume": None,  # null: fresh run | auto: newest good checkpoint in output_dir (fresh if none) | a path
     "device": "auto",  # auto (cuda when available) | cpu | cuda

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .space import Arch, SearchSpace
-from .spec import NetSpec, block_shortcut, conv_out_size, decode, expanded_chs, se_chs
+from .spec import HEAD_EXPAND, NetSpec, block_shortcut, conv_out_size, decode, expanded_chs, se_chs
 
 STEM_KERNEL = 3
 
@@ -139,7 +139,7 @@ class FlopsTable:
         last = self.widths[-2][idx[:, self.w_off + self.space.num_stages]]
         head = self.widths[-1][idx[:, self.w_off + self.space.num_stages + 1]]
         h = self.size_out[-1][r]
-        mid = last * 6
+        mid = last * HEAD_EXPAND
         nc = self.num_classes
         flops = flops + h * h * last * mid + mid * head + head * nc
         params = params + last * mid + 2 * mid + mid * head + head * nc + nc

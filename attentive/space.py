@@ -11,13 +11,18 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import yaml
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "configs" / "spaces"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python >= 3.11; only an annotation here
+
+# The named spaces ship inside the package (package data), so `load_space("tiny")` works from an installed wheel.
+SPACES_DIR: Traversable = resources.files(__package__) / "spaces"
 ACTIVATIONS = ("relu", "relu6", "swish", "hswish", "gelu")
 # The shortcut of a stage's first block, whose input and output widths may differ (later blocks: identity).
 # conv_when_widths_differ: AttentiveNAS's, a 1x1 conv when the arch's widths differ, identity when they are
@@ -117,8 +122,7 @@ class StageSpec:
 @dataclass(frozen=True)
 class HeadSpec:
     widths: tuple[int, ...]
-    activation: str
-    expand_ratio: int = 6  # MobileNetV3 head: 1x1 expand to 6x the last stage width
+    activation: str  # the head's fixed 1x1 expand ratio is attentive.spec.HEAD_EXPAND
 
 
 @dataclass(frozen=True)
@@ -290,26 +294,6 @@ class SearchSpace:
         values = [arch.resolution, *arch.width, *arch.depth, *arch.kernel_size, *arch.expand_ratio]
         return [opt.index(v) for opt, v in zip(self.gene_options, values)]
 
-    def mutate(self, arch: Arch, rng: np.random.Generator, prob: float = 0.1, keep_resolution: bool = False) -> Arch:
-        """Each gene switches to another allowed value with probability `prob`."""
-        _require_generator(rng)
-        idx = self.arch_to_indices(arch)
-        sizes = self.gene_sizes()
-        for g, size in enumerate(sizes):
-            if size == 1 or (g == 0 and keep_resolution):
-                continue
-            if rng.random() < prob:
-                shift = int(rng.integers(1, size))  # never the current value
-                idx[g] = (idx[g] + shift) % size
-        return self.arch_from_indices(idx)
-
-    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator, prob: float = 0.5) -> Arch:
-        """Each gene comes from `a` with probability `prob`, else from `b`."""
-        _require_generator(rng)
-        ia, ib = self.arch_to_indices(a), self.arch_to_indices(b)
-        take_a = rng.random(len(ia)) < prob
-        return self.arch_from_indices([x if t else y for x, y, t in zip(ia, ib, take_a)])
-
 
 def _require_generator(rng: Any) -> None:
     if not isinstance(rng, np.random.Generator):
@@ -324,23 +308,25 @@ _HEAD_KEYS = {"widths", "activation"}
 
 
 def available_spaces() -> list[str]:
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    """Names of the spaces shipped with the package (`attentive/spaces/*.yaml`)."""
+    return sorted(p.name[: -len(".yaml")] for p in SPACES_DIR.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
-def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a space by name (a file in configs/spaces) or by path to a YAML file."""
+def load_space(name_or_path: str | Path | SearchSpace) -> SearchSpace:
+    """Load a space by name (one shipped in `attentive/spaces`, see `available_spaces()`) or by path to a YAML
+    file."""
     if isinstance(name_or_path, SearchSpace):
         return name_or_path
     path = Path(name_or_path)
+    source: Path | Traversable = path
     if not path.suffix:
-        path = SPACES_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
+        source = SPACES_DIR / f"{name_or_path}.yaml"
+        if not source.is_file():
             raise FileNotFoundError(f"no search space named '{name_or_path}'; available: {available_spaces()}")
     elif not path.is_file():
         raise FileNotFoundError(f"search space file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    return space_from_dict(data, where=str(path))
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    return space_from_dict(data, where=str(source))
 
 
 def space_from_dict(data: Any, where: str = "space") -> SearchSpace:

@@ -13,7 +13,7 @@ from timm.layers import make_divisible
 from .space import Arch, SearchSpace
 
 SE_REDUCTION = 4
-HEAD_EXPAND = 6
+HEAD_EXPAND = 6  # MobileNetV3 head: a 1x1 conv expands the last stage's width 6x (fixed, not searched)
 
 
 def expanded_chs(in_chs: int, expand_ratio: float) -> int:

@@ -222,7 +222,7 @@ def test_resume_auto_skips_truncated_checkpoint(finished_run, tmp_path):
 
 def test_checkpoint_of_another_space_is_refused(finished_run, tmp_path, capsys):
     space = tmp_path / "other_space.yaml"
-    text = (ROOT / "configs" / "spaces" / "tiny.yaml").read_text().replace("widths: [256, 320]", "widths: [256, 384]")
+    text = (ROOT / "attentive" / "spaces" / "tiny.yaml").read_text().replace("widths: [256, 320]", "widths: [256, 384]")
     space.write_text(text.replace("name: tiny", "name: tiny_wide_head"))
     code = train.main(["-c", str(SMOKE), f"output_dir={tmp_path / 'x'}", f"space={space}",
                        f"resume={finished_run / 'last.pt'}"])

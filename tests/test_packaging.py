@@ -1,0 +1,54 @@
+"""The wheel ships what the package needs at run time: the named search spaces load from an installed copy."""
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE_FILES = ("attentive/spaces/tiny.yaml", "attentive/spaces/attentivenas.yaml")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the sources (setuptools writes build/ and *.egg-info/ beside setup.py; the
+    checkout stays clean)."""
+    src = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("attentive", "predictors"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("setup.py", "train.py", "search.py"):
+        shutil.copy2(ROOT / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(src)], check=True, capture_output=True, text=True)
+    (path,) = out.glob("attentive-*.whl")
+    return path
+
+
+def test_wheel_holds_the_space_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in SPACE_FILES:
+        assert name in names
+        assert (ROOT / name).is_file()  # the checkout keeps them in the same place
+
+
+def test_spaces_load_from_an_unpacked_wheel(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import attentive, sys; "
+            "print(attentive.__file__); print(attentive.available_spaces()); "
+            "print(attentive.load_space('tiny').hash, attentive.load_space('attentivenas').hash)")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert Path(out[0]).resolve().is_relative_to(site.resolve())  # the unpacked copy, not the checkout
+    assert out[1] == "['attentivenas', 'tiny']"
+    import attentive
+
+    assert out[2] == f"{attentive.load_space('tiny').hash} {attentive.load_space('attentivenas').hash}"
