@@ -58,7 +58,7 @@ def build_trainer(space: str, image_size: int, variant: dict, steps: int, out: P
         mflops = count_flops_batch(t.space, idx, t.num_classes)
         fake_top1 = 60 + 20 * mflops / mflops.max() + rng.normal(0, 1, len(idx))  # cost matters, not quality
         archs = [t.space.arch_from_indices(row) for row in idx]
-        t.predictor = AccuracyPredictor.fit(t.space, archs, fake_top1, seed=0)
+        t.predictor = AccuracyPredictor.fit(t.space, archs, fake_top1, seed=0, teacher="gp")
     assert (variant["sampler.name"] == "uniform") != t.attentive_active()
     return t
 

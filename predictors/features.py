@@ -5,8 +5,8 @@ and expand ratio of every stage -- the "genes" -- then analytic MFLOPs and param
 not one-hot: tree models split on them directly and the MLP standardizes them.
 
 Two feature sets: "all" (the whole vector) and "genes" (without the two cost totals); "auto" picks by the number
-of rows a model is fit on, measured archs plus any pseudo-labelled ones (`resolve_feature_set`). predictors/xgb.py
-gives the measurements behind it.
+of rows a model is fit on, measured archs plus any pseudo-labelled ones (`resolve_feature_set`).
+predictors/README.md gives the measurements behind it.
 
 `FEATURE_VERSION` changes whenever the layout or meaning of the vector changes; a saved predictor records it
 (with the space hash) and refuses to load under another one.
@@ -29,7 +29,7 @@ _DERIVED = ["mflops", "mparams"]
 
 
 # "auto" fits on "genes" from this many rows on, on "all" below: with a few dozen archs the MFLOPs total is the
-# best single summary, with more the trees do better without it (predictors/xgb.py).
+# best single summary, with more the trees do better without it (predictors/README.md).
 GENES_MIN_ARCHS = 100
 
 

@@ -36,7 +36,7 @@ from .features import features, resolve_feature_set
 from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
 from attentive.metrics import rank_metrics, regression_metrics
 from .proxies import check_proxy_names, random_minibatch, score_archs
-from .teacher import DEFAULT_TEACHER, fit_gaussian_process
+from .teacher import fit_gaussian_process
 from .xgb import DEFAULT_FEATURE_SET, AccuracyPredictor, tune_params
 
 CALIBRATION_SEED = 0  # fixed, not --seed: measurements stay comparable (and resumable) across --seed values
@@ -227,7 +227,7 @@ def _fit_predict(name: str, space: SearchSpace, archs_train: list[Arch], y_train
     start = time.perf_counter()
     if name in ("xgboost", "xgboost_no_teacher"):
         model = AccuracyPredictor.fit(space, archs_train, y_train, seed=seed, params=xgb_params,
-                                      teacher="none" if name == "xgboost_no_teacher" else DEFAULT_TEACHER)
+                                      teacher="none" if name == "xgboost_no_teacher" else "gp")
         seconds = time.perf_counter() - start
         return model.predict(archs_eval), seconds, model
     if name == "gaussian_process":  # the teacher alone, on its gene features
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     xgb_params, tuning = None, None
     if args.tune:
-        xgb_params, grid_rows = tune_params(space, archs_train, y_train, seed=args.seed)
+        xgb_params, grid_rows = tune_params(space, archs_train, y_train, seed=args.seed, teacher="gp")
         tuning = {"chosen": xgb_params, "grid": grid_rows}
         print(f"tuned XGBoost parameters (5-fold CV on {num_train} archs): {xgb_params}", file=sys.stderr)
 

@@ -19,12 +19,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from attentive.predictor import TEACHERS
 from attentive.space import SearchSpace
 
 from .features import features
 
-TEACHERS = ("gp", "none")
-DEFAULT_TEACHER = "gp"
 DEFAULT_NUM_PSEUDO = 2000
 # The kernel's hyperparameters are chosen by marginal likelihood on at most this many of the measured archs
 # (a seeded subset), then the GP conditions on all of them: the optimizer costs O(n^3) per step, and on the
@@ -33,6 +32,7 @@ HYPERPARAMETER_MAX_ARCHS = 200
 
 
 def check_teacher(teacher: str) -> None:
+    """Refuse a teacher name outside `attentive.predictor.TEACHERS` (the one list, shared with the config)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; allowed: {list(TEACHERS)}")
 

@@ -15,32 +15,21 @@ from typing import Any, Sequence
 import numpy as np
 import xgboost as xgb
 
+from attentive.fileio import BadFileError, json_safe, write_bytes_atomic, write_json_atomic
+from attentive.metrics import regression_metrics
+from attentive.predictor import DEFAULT_TEACHER
 from attentive.space import SearchSpace
 
 from .features import (FEATURE_SETS, FEATURE_VERSION, ArchBatch, feature_names, features, resolve_feature_set,
                        to_indices)
-from attentive.fileio import json_safe, write_bytes_atomic, write_json_atomic
-from attentive.metrics import regression_metrics
-from .teacher import DEFAULT_NUM_PSEUDO, DEFAULT_TEACHER, check_teacher, gp_pseudo_labels
+from .teacher import DEFAULT_NUM_PSEUDO, check_teacher, gp_pseudo_labels
 
 FORMAT = "attentive.accuracy_predictor"
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE = "model.json", "meta.json"
 
-# First chosen by measurement, without the teacher (depth 3; the teacher moved it to 4, below): `tune_params`
-# (5-fold CV over DEFAULT_GRID, 144 candidates, mean held-out Kendall tau) on 300 FLOPs-stratified archs measured
-# on a tiny-space supernet trained by train.py on Fashion-MNIST (configs/train/fashion_mnist.yaml, 3 epochs; top-1
-# on 2,000 held-out training images, 78.4-90.2%).
-#   these (400 rounds, depth 3, eta 0.1, subsample/colsample 0.8): CV tau 0.758 (fold std 0.042)
-#   grid argmax, the same with 800 rounds:                        CV tau 0.761, within noise (standard error 0.018)
-#   XGBoost's library defaults (100 rounds, depth 6, eta 0.3):    CV tau 0.687;  worst grid point 0.696
-# 400 rounds rather than the argmax's 800: equal within noise, and half the trees predict ~1.4x faster (187k vs
-# 132k archs/s, one thread). Fit on only 40 archs (the trainer's in-training fit; 20 random draws, tau on the other
-# 260): these 0.604 +- 0.007 (same as 800 rounds), library defaults 0.558 +- 0.009. On a supernet only 200 steps
-# into training (noisy ranking) the grid's best was depth 6 at CV tau 0.459; these scored 0.415 there.
-# Rechecked on the trimmed tiny space's 4-epoch supernet (500 archs on 6,000 held-out images, 100 held out):
-# these 0.808 held-out tau fitting 400 archs, 0.789 fitting 200; the grid's CV pick there (800 rounds, depth 4,
-# eta 0.03, colsample 0.5, min_child_weight 3) 0.827 at 400 but 0.760 at 200. Defaults kept (predictors/README.md).
+# Chosen by measurement (`tune_params`, then held-out tau over random splits): predictors/README.md, "Choosing
+# the XGBoost defaults".
 DEFAULT_PARAMS: dict[str, Any] = {
     "n_estimators": 400,
     "max_depth": 4,
@@ -50,25 +39,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_child_weight": 1.0,
     "reg_lambda": 1.0,
 }
-# Depth 4 since the Gaussian-process teacher (predictors/teacher.py): the trees then fit ~2,000 smooth pseudo-labels
-# besides the measured archs, and one level deeper follows them better. Mean held-out tau over 20 random splits of
-# the 4-epoch supernet's 500 archs (100 held out), depth 3 / depth 4:
-#   with the teacher:   fit on 50: 0.699 / 0.697   100: 0.789 / 0.798   200: 0.825 / 0.838
-#   measured archs only:           0.618 / 0.607        0.706 / 0.686        0.798 / 0.787
-# Feature set "auto" (predictors/features.py): the genes only, without the MFLOPs/params totals, when fitting on
-# 100 rows or more (always, with the teacher's pseudo-labels); the whole vector below that. In a sandwich-trained
-# supernet accuracy is far from monotone in cost (the max and min subnets are trained every step, the middle ones
-# rarely; MFLOPs alone ranks at tau 0.40-0.45), and with a few hundred archs the trees' greedy first splits on the
-# totals fragment the data; with a few dozen, the total is the best summary there is. Mean held-out Kendall tau
-# over 20 random splits (100 archs held out each), no teacher, genes vs all, on three measurement sets of three
-# supernets (3-epoch, 300 archs; 4-epoch, 500; another 4-epoch, 500; all on 6,000 held-out images):
-#   fit on  40: 0.470 / 0.533,  0.541 / 0.590,  -
-#   fit on  50: 0.505 / 0.549,  0.583 / 0.630,  0.590 / 0.626
-#   fit on 100: 0.644 / 0.627,  0.714 / 0.701,  0.714 / 0.704
-#   fit on 200: 0.737 / 0.705,  0.802 / 0.770,  0.798 / 0.767
-# Rechecked for gene features (tune_params on 200 archs of the 3-epoch set, scored on the first 4-epoch set): the
-# grid's pick there (800 rounds, depth 6, eta 0.03) 0.802 at 200 archs, the same as depth 3. Bagging 5 boosters or
-# 4 parallel trees per round added 0.004-0.009 (about one standard error).
+# "auto": gene features alone from 100 fitting rows on, the totals too below that (predictors/features.py;
+# the measurements are in predictors/README.md).
 DEFAULT_FEATURE_SET = "auto"
 # The grid `tune_params` searches by default (and the one the defaults above were chosen from).
 DEFAULT_GRID: dict[str, list] = {
@@ -139,7 +111,7 @@ class AccuracyPredictor:
         """Fit on measured (arch, top-1 %) pairs. `params` override `DEFAULT_PARAMS` key by key; `feature_set` is
         "all", "genes" or "auto" (by the number of rows fit on; the one used is recorded); `teacher` "gp" adds
         `num_pseudo` random archs labelled by a Gaussian process fit on the measured ones (predictors/teacher.py),
-        "none" fits the measured archs alone."""
+        "none" (`attentive.predictor.DEFAULT_TEACHER`) fits the measured archs alone."""
         idx = to_indices(space, archs)
         y = _check_targets(top1, len(idx))
         if len(idx) < 2:
@@ -180,7 +152,7 @@ class AccuracyPredictor:
 
     @property
     def feature_set(self) -> str:
-        return self.meta.get("feature_set", "all")  # predictors saved before feature sets existed used "all"
+        return self.meta["feature_set"]
 
     @property
     def num_archs(self) -> int:
@@ -200,19 +172,26 @@ class AccuracyPredictor:
 
     @classmethod
     def load(cls, directory: str | Path, space: SearchSpace) -> "AccuracyPredictor":
+        """Read a predictor written by `save`. Raises `attentive.fileio.BadFileError` naming the file when a file
+        is missing, truncated or not JSON, of another format, for another space or feature version, or when the
+        model does not belong to the metadata or XGBoost cannot read it."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise BadFileError(directory, f"no such predictor directory (a predictor directory holds {MODEL_FILE} "
+                                          f"and {META_FILE}, written by AccuracyPredictor.save)")
         model_path, meta_path = directory / MODEL_FILE, directory / META_FILE
-        for p in (model_path, meta_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"predictor file not found: {p} (a predictor directory holds "
-                                        f"{MODEL_FILE} and {META_FILE})")
-        meta = json.loads(meta_path.read_text())
+        for path in (meta_path, model_path):
+            if not path.is_file():
+                raise BadFileError(path, f"predictor file not found (a predictor directory holds {MODEL_FILE} and "
+                                         f"{META_FILE})")
+        meta = _read_json(meta_path, meta_path.read_bytes())
+        _check_meta(meta, space, where=meta_path)
         model = model_path.read_bytes()
-        _check_meta(meta, space, where=str(directory))
+        _read_json(model_path, model)
         if meta.get("model_sha256") != hashlib.sha256(model).hexdigest():
-            raise ValueError(f"{model_path} does not match {meta_path} (interrupted save or mixed files); "
-                             f"save the predictor again")
-        return cls(_booster_from_bytes(model), space, meta)
+            raise BadFileError(model_path, f"does not match {meta_path} (interrupted save or mixed files); save the "
+                                           f"predictor again")
+        return cls(_booster_from_bytes(model, where=model_path), space, meta)
 
     def to_state(self) -> dict[str, str]:
         """Strings only (the XGBoost JSON model and the metadata JSON): safe in a weights_only checkpoint."""
@@ -220,37 +199,57 @@ class AccuracyPredictor:
                 "model_json": self._model_bytes().decode()}
 
     @classmethod
-    def from_state(cls, state: dict[str, str], space: SearchSpace) -> "AccuracyPredictor":
+    def from_state(cls, state: dict[str, str], space: SearchSpace,
+                   where: str | Path = "predictor state") -> "AccuracyPredictor":
+        """The predictor of `to_state()`. `where` names its origin in errors (e.g. "CKPT: predictor"); refusals
+        are `BadFileError`s, as for `load`."""
         keys = {"meta_json", "model_json"}
         if not isinstance(state, dict) or state.get("format") != FORMAT or not keys <= set(state):
-            raise ValueError(f"not an AccuracyPredictor state: expected a dict with format '{FORMAT}', "
-                             f"'meta_json' and 'model_json'")
-        meta = json.loads(state["meta_json"])
-        _check_meta(meta, space, where="predictor state")
-        return cls(_booster_from_bytes(state["model_json"].encode()), space, meta)
+            raise BadFileError(where, f"not an AccuracyPredictor state: expected a dict with format '{FORMAT}', "
+                                      f"'meta_json' and 'model_json'")
+        if not all(isinstance(state[k], str) for k in keys):
+            raise BadFileError(where, "'meta_json' and 'model_json' must be JSON strings")
+        meta = _read_json(where, state["meta_json"])
+        _check_meta(meta, space, where=where)
+        model = state["model_json"].encode()
+        _read_json(where, model)
+        return cls(_booster_from_bytes(model, where=where), space, meta)
 
 
-def _booster_from_bytes(model: bytes) -> xgb.Booster:
+def _read_json(where: str | Path, data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
+        raise BadFileError(where, f"not JSON (truncated, or not written by AccuracyPredictor): {e}") from None
+
+
+def _booster_from_bytes(model: bytes, where: str | Path) -> xgb.Booster:
     booster = xgb.Booster()
-    booster.load_model(bytearray(model))
+    try:
+        booster.load_model(bytearray(model))
+    except xgb.core.XGBoostError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise BadFileError(where, f"XGBoost cannot read the model: {first_line[:200]}") from None
     return booster
 
 
-def _check_meta(meta: Any, space: SearchSpace, where: str) -> None:
+def _check_meta(meta: Any, space: SearchSpace, where: str | Path) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{where}: not an attentive accuracy predictor (metadata format must be '{FORMAT}')")
+        raise BadFileError(where, f"not an attentive accuracy predictor (metadata format must be '{FORMAT}')")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{where}: predictor format version {meta.get('format_version')}; this code reads "
-                         f"version {FORMAT_VERSION}")
+        raise BadFileError(where, f"predictor format version {meta.get('format_version')!r}; this code reads "
+                                  f"version {FORMAT_VERSION}")
     if meta.get("space_hash") != space.hash:
-        raise ValueError(f"{where}: predictor was fit for space '{meta.get('space_name')}' (hash "
-                         f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
-    if meta.get("feature_set", "all") not in FEATURE_SETS:
-        raise ValueError(f"{where}: unknown feature set {meta.get('feature_set')!r}; this code computes "
-                         f"{list(FEATURE_SETS)}")
+        raise BadFileError(where, f"predictor was fit for space '{meta.get('space_name')}' (hash "
+                                  f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
     if meta.get("feature_version") != FEATURE_VERSION:
-        raise ValueError(f"{where}: predictor uses feature version {meta.get('feature_version')}, this code "
-                         f"computes feature version {FEATURE_VERSION}; refit it (python -m predictors.retrain)")
+        raise BadFileError(where, f"predictor uses feature version {meta.get('feature_version')}, this code "
+                                  f"computes feature version {FEATURE_VERSION}; refit it (python -m predictors.retrain)")
+    if meta.get("feature_set") not in FEATURE_SETS:
+        raise BadFileError(where, f"feature set {meta.get('feature_set')!r} is not one this code computes "
+                                  f"({list(FEATURE_SETS)})")
+    if not isinstance(meta.get("num_archs"), int):
+        raise BadFileError(where, f"num_archs must be an integer, got {meta.get('num_archs')!r}")
 
 
 # ---- hyperparameter selection --------------------------------------------------------------------------

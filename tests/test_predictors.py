@@ -1,3 +1,5 @@
+import hashlib
+import inspect
 import json
 
 import numpy as np
@@ -7,6 +9,8 @@ from scipy.stats import kendalltau
 
 from attentive import Supernet, count_flops, count_flops_batch, load_space
 from attentive.checkpoint import save_atomic
+from attentive.fileio import BadFileError
+from attentive.predictor import DEFAULT_TEACHER, TEACHERS
 from attentive.data import build_datasets, build_loader, calibration_batches
 from attentive import measure as collect
 from attentive.measure import measure_archs, read_rows, stratified_archs
@@ -43,7 +47,7 @@ def _formula_top1(space, idx, rng, noise=0.2):
 def fitted(tiny):
     rng = np.random.default_rng(0)
     idx = tiny.sample_indices(rng, 300)
-    return AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), seed=0, params=FAST)
+    return AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), seed=0, params=FAST, teacher="gp")
 
 
 # ---- features ---------------------------------------------------------------------------------------------
@@ -112,8 +116,8 @@ def test_fit_is_deterministic_for_a_seed(tiny):
     rng = np.random.default_rng(0)
     idx = tiny.sample_indices(rng, 60)
     y = _formula_top1(tiny, idx, rng)
-    a = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST).predict(idx)
-    b = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST).predict(idx)
+    a = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST, teacher="gp").predict(idx)
+    b = AccuracyPredictor.fit(tiny, idx, y, seed=5, params=FAST, teacher="gp").predict(idx)
     np.testing.assert_array_equal(a, b)
 
 
@@ -138,31 +142,91 @@ def test_save_load_and_state_round_trip_give_equal_predictions(tiny, fitted, tmp
 
 def test_load_refuses_other_space_other_feature_version_and_torn_pairs(tiny, big, fitted, tmp_path):
     fitted.save(tmp_path)
-    with pytest.raises(ValueError, match=rf"fit for space 'tiny' \(hash {tiny.hash}\), not for space 'attentivenas'"):
+    meta_file, model_file = tmp_path / "meta.json", tmp_path / "model.json"
+    with pytest.raises(BadFileError, match=rf"{meta_file}: predictor was fit for space 'tiny' \(hash {tiny.hash}\), "
+                                           rf"not for space 'attentivenas'"):
         AccuracyPredictor.load(tmp_path, big)
-    with pytest.raises(ValueError, match="not for space 'attentivenas'"):
+    with pytest.raises(BadFileError, match="predictor state: .*not for space 'attentivenas'"):
         AccuracyPredictor.from_state(fitted.to_state(), big)
-    meta = json.loads((tmp_path / "meta.json").read_text())
-    (tmp_path / "meta.json").write_text(json.dumps({**meta, "feature_version": FEATURE_VERSION + 1}))
-    with pytest.raises(ValueError, match=rf"feature version {FEATURE_VERSION + 1}, this code computes feature "
-                                         rf"version {FEATURE_VERSION}"):
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "feature_version": FEATURE_VERSION + 1}))
+    with pytest.raises(BadFileError, match=rf"{meta_file}: predictor uses feature version {FEATURE_VERSION + 1}, "
+                                           rf"this code computes feature version {FEATURE_VERSION}"):
         AccuracyPredictor.load(tmp_path, tiny)
     state = fitted.to_state()
     state["meta_json"] = json.dumps({**json.loads(state["meta_json"]), "feature_version": 0})
-    with pytest.raises(ValueError, match="feature version 0"):
-        AccuracyPredictor.from_state(state, tiny)
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BadFileError, match="ckpt.pt: predictor: predictor uses feature version 0"):
+        AccuracyPredictor.from_state(state, tiny, where="ckpt.pt: predictor")
+    meta_file.write_text(json.dumps(meta))
     other = AccuracyPredictor.fit(tiny, tiny.sample_indices(np.random.default_rng(1), 10), np.arange(10.0),
-                                  params=FAST)
-    (tmp_path / "model.json").write_bytes(bytes(other.booster.save_raw(raw_format="json")))
-    with pytest.raises(ValueError, match="does not match"):
+                                  params=FAST, teacher="gp")
+    model_file.write_bytes(bytes(other.booster.save_raw(raw_format="json")))
+    with pytest.raises(BadFileError, match=f"{model_file}: does not match {meta_file}"):
         AccuracyPredictor.load(tmp_path, tiny)
-    with pytest.raises(FileNotFoundError, match="meta.json"):
-        AccuracyPredictor.load(tmp_path / "nowhere", tiny)
 
 
-def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitted, tmp_path):
-    probe = tiny.sample_indices(np.random.default_rng(8), 50)
+def test_load_refuses_missing_truncated_and_foreign_files_naming_them(tiny, fitted, tmp_path):
+    """Every refusal is a BadFileError (a ValueError) whose message starts with the file at fault."""
+    def refused(directory, match):
+        with pytest.raises(BadFileError, match=match) as e:
+            AccuracyPredictor.load(directory, tiny)
+        return e.value
+
+    assert refused(tmp_path / "nowhere", "no such predictor directory").path == tmp_path / "nowhere"
+    fitted.save(tmp_path)
+    meta_file, model_file = tmp_path / "meta.json", tmp_path / "model.json"
+    meta_text, model_bytes = meta_file.read_text(), model_file.read_bytes()
+    model_file.unlink()
+    assert refused(tmp_path, "predictor file not found").path == model_file
+    model_file.write_bytes(model_bytes)
+    meta_file.unlink()
+    assert refused(tmp_path, "predictor file not found").path == meta_file
+    meta_file.write_text(meta_text[: len(meta_text) // 2])  # torn write
+    assert refused(tmp_path, "not JSON").path == meta_file
+    meta_file.write_bytes(b"\x80\x03binary")  # not even text
+    assert refused(tmp_path, "not JSON").path == meta_file
+    meta = json.loads(meta_text)
+    meta_file.write_text(json.dumps({**meta, "format": "sklearn.pickle"}))
+    assert refused(tmp_path, "not an attentive accuracy predictor").path == meta_file
+    meta_file.write_text(json.dumps([1, 2]))
+    assert refused(tmp_path, "not an attentive accuracy predictor").path == meta_file
+    meta_file.write_text(json.dumps({**meta, "format_version": 2}))
+    assert refused(tmp_path, "predictor format version 2; this code reads version 1").path == meta_file
+    meta_file.write_text(json.dumps({**meta, "feature_set": "cost"}))
+    assert refused(tmp_path, r"feature set 'cost' is not one this code computes \(\['all', 'genes'\]\)").path \
+        == meta_file
+    without = dict(meta)
+    del without["feature_set"]  # every saved predictor records it; one without it is not ours
+    meta_file.write_text(json.dumps(without))
+    assert refused(tmp_path, "feature set None is not one").path == meta_file
+    meta_file.write_text(meta_text)
+    model_file.write_bytes(model_bytes[: len(model_bytes) // 2])
+    assert refused(tmp_path, "not JSON").path == model_file
+    # Valid JSON with a matching hash, but not an XGBoost model: XGBoost's own refusal, by file name.
+    foreign = b'{"learner": "not a model"}'
+    model_file.write_bytes(foreign)
+    meta_file.write_text(json.dumps({**meta, "model_sha256": hashlib.sha256(foreign).hexdigest()}))
+    assert refused(tmp_path, "XGBoost cannot read the model").path == model_file
+    model_file.write_bytes(model_bytes)
+    meta_file.write_text(meta_text)
+    assert AccuracyPredictor.load(tmp_path, tiny).num_archs == fitted.num_archs
+
+
+def test_from_state_refuses_foreign_and_torn_states_by_where(tiny, fitted):
+    state = fitted.to_state()
+    where = "run/last.pt: predictor"
+    for bad, match in [(None, "not an AccuracyPredictor state"),
+                       ({**state, "format": "other"}, "not an AccuracyPredictor state"),
+                       ({"format": state["format"], "meta_json": state["meta_json"]}, "not an AccuracyPredictor state"),
+                       ({**state, "meta_json": b"{}"}, "must be JSON strings"),
+                       ({**state, "meta_json": state["meta_json"][:-5]}, "not JSON"),
+                       ({**state, "model_json": state["model_json"][:100]}, "not JSON"),
+                       ({**state, "model_json": "{}"}, "XGBoost cannot read the model")]:
+        with pytest.raises(BadFileError, match=f"^{where}: .*{match}"):
+            AccuracyPredictor.from_state(bad, tiny, where=where)
+
+
+def test_predictor_records_its_feature_set(tiny, fitted):
     # fitted: 300 archs, default "auto" -> genes
     assert fitted.feature_set == "genes" and fitted.meta["feature_names"] == feature_names(tiny, "genes")
     assert fitted.booster.num_features() == len(feature_names(tiny, "genes"))
@@ -170,19 +234,21 @@ def test_predictor_records_its_feature_set_and_old_files_read_as_all(tiny, fitte
     idx = tiny.sample_indices(rng, 60)
     y = _formula_top1(tiny, idx, rng)
     # 60 measured archs alone: "all"; with the teacher's 2,000 pseudo-labelled archs: "genes".
-    assert AccuracyPredictor.fit(tiny, idx, y, params=FAST).feature_set == "genes"
+    assert AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="gp").feature_set == "genes"
     with_costs = AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="none")
     assert with_costs.feature_set == "all" and with_costs.booster.num_features() == len(feature_names(tiny))
-    with_costs.save(tmp_path)
-    meta = json.loads((tmp_path / "meta.json").read_text())
-    del meta["feature_set"]  # a predictor saved before feature sets existed
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    old = AccuracyPredictor.load(tmp_path, tiny)
-    assert old.feature_set == "all"
-    np.testing.assert_array_equal(old.predict(probe), with_costs.predict(probe))
-    (tmp_path / "meta.json").write_text(json.dumps({**meta, "feature_set": "cost"}))
-    with pytest.raises(ValueError, match="unknown feature set 'cost'"):
-        AccuracyPredictor.load(tmp_path, tiny)
+
+
+def test_the_library_default_teacher_is_the_configs(tiny):
+    """One default (attentive.predictor.DEFAULT_TEACHER = "none", as in the training config); the GP teacher is
+    asked for by name."""
+    assert DEFAULT_TEACHER == "none" and TEACHERS == ("gp", "none")
+    assert inspect.signature(AccuracyPredictor.fit).parameters["teacher"].default == DEFAULT_TEACHER
+    assert inspect.signature(tune_params).parameters["teacher"].default == DEFAULT_TEACHER
+    rng = np.random.default_rng(0)
+    idx = tiny.sample_indices(rng, 20)
+    default = AccuracyPredictor.fit(tiny, idx, _formula_top1(tiny, idx, rng), params=FAST)
+    assert default.meta["teacher"] == {"kind": "none"}
 
 
 def _smooth_top1(space, idx, rng, noise=0.05):
@@ -197,7 +263,7 @@ def test_gp_teacher_ranks_a_smooth_surface_better_from_few_archs(tiny):
     rng = np.random.default_rng(0)
     idx, held = tiny.sample_indices(rng, 60), tiny.sample_indices(rng, 300)
     y, truth = _smooth_top1(tiny, idx, rng), _smooth_top1(tiny, held, rng)
-    taught = AccuracyPredictor.fit(tiny, idx, y, params=FAST)
+    taught = AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="gp")
     alone = AccuracyPredictor.fit(tiny, idx, y, params=FAST, teacher="none")
     tau_taught, tau_alone = (kendalltau(p.predict(held), truth).statistic for p in (taught, alone))
     assert tau_taught > tau_alone + 0.08  # measured: 0.835 vs 0.670
@@ -247,7 +313,7 @@ def test_tune_params_picks_the_best_mean_cv_tau(tiny):
     rng = np.random.default_rng(0)
     idx = tiny.sample_indices(rng, 60)
     grid = {"n_estimators": [2, 60], "max_depth": [3]}
-    best, rows = tune_params(tiny, idx, _formula_top1(tiny, idx, rng), grid=grid, folds=3)
+    best, rows = tune_params(tiny, idx, _formula_top1(tiny, idx, rng), grid=grid, folds=3, teacher="gp")
     assert len(rows) == 2 and best["n_estimators"] == 60
     assert best == max(rows, key=lambda r: r["kendall_tau"])["params"]
 

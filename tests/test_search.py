@@ -327,7 +327,8 @@ def test_cli_with_saved_predictor(checkpoint, tmp_path, capsys):
     xgb = pytest.importorskip("predictors.xgb")
     space = load_space("tiny")
     idx = space.sample_indices(np.random.default_rng(0), 200)
-    predictor = xgb.AccuracyPredictor.fit(space, idx, _stand_in(space)(idx), params={"n_estimators": 50})
+    predictor = xgb.AccuracyPredictor.fit(space, idx, _stand_in(space)(idx), params={"n_estimators": 50},
+                                          teacher="gp")
     predictor.save(tmp_path / "pred")
     out = tmp_path / "out"
     argv = ["--checkpoint", checkpoint, "--budgets", "3", "--out", out, "--predictor", tmp_path / "pred",
@@ -338,7 +339,8 @@ def test_cli_with_saved_predictor(checkpoint, tmp_path, capsys):
     # A predictor of another space is refused with exit status 2.
     other = load_space("attentivenas")
     oidx = other.sample_indices(np.random.default_rng(0), 20)
-    xgb.AccuracyPredictor.fit(other, oidx, np.arange(20.0), params={"n_estimators": 5}).save(tmp_path / "other")
+    xgb.AccuracyPredictor.fit(other, oidx, np.arange(20.0), params={"n_estimators": 5},
+                              teacher="gp").save(tmp_path / "other")
     argv[argv.index(tmp_path / "pred")] = tmp_path / "other"
     _usage_error(capsys, [*argv, "--force"], "--predictor", "space")
 
