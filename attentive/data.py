@@ -21,10 +21,7 @@ batches, always from the un-augmented training images (``DataSplits.train_plain`
 """
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -34,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler, Subset
 
-from .config import DEFAULTS
+from .fileio import gunzip_atomic
 
 DATASETS = ("cifar10", "fashion_mnist", "imagefolder", "synthetic")
 AUGMENTATIONS = ("none", "basic", "autoaugment")
+DEFAULT_ROOT = "./data"  # the training config's data.root default
 
 FASHION_MNIST_DIR_ENV = "ATTENTIVE_FASHION_MNIST_DIR"
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -188,18 +186,6 @@ def _in_memory_splits(
 # Sources
 
 
-def _gunzip_atomic(source: Path, target: Path) -> None:
-    """Decompress via a temp file in the target directory, so a concurrent or killed run never sees a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _prepare_fashion_mnist(root: Path) -> None:
     """Put the raw IDX files under <root>/FashionMNIST/raw: from the Debian package, already there, or downloaded."""
     import torchvision
@@ -210,7 +196,7 @@ def _prepare_fashion_mnist(root: Path) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         for f in FASHION_MNIST_FILES:
             if not (raw / f).is_file():
-                _gunzip_atomic(debian / f"{f}.gz", raw / f)
+                gunzip_atomic(debian / f"{f}.gz", raw / f)
         return
     if all((raw / f).is_file() for f in FASHION_MNIST_FILES):
         return
@@ -368,10 +354,10 @@ def datasets_from_config(
     stored in every checkpoint): the trainer builds its data with this, so a rebuild anywhere else gives the same
     training, held-out and test images.
 
-    Keys missing from ``data_cfg`` (a checkpoint written before they existed) take the defaults of
-    ``attentive.config.DEFAULTS["data"]``; keys that do not shape the splits are ignored. ``num_classes`` is the
-    class count of the ``synthetic`` dataset (the trainer passes the space's; default 10); real datasets have
-    their own. ``root`` overrides ``data_cfg["root"]`` (data moved since training).
+    Keys missing from ``data_cfg`` (a checkpoint written before they existed) take `build_datasets`' defaults and
+    `DEFAULT_ROOT`, which are the training config's defaults too (tests/test_config.py checks that they agree);
+    keys that do not shape the splits are ignored. ``num_classes`` is the class count of the ``synthetic`` dataset
+    (the trainer passes the space's; default 10); real datasets have their own. ``root`` overrides ``data_cfg["root"]`` (data moved since training).
     """
     if not isinstance(data_cfg, Mapping):
         raise TypeError(f"data_cfg must be the 'data' section of a training config (a dict), "
@@ -379,13 +365,10 @@ def datasets_from_config(
     if "name" not in data_cfg:
         raise ValueError(f"the data config has no 'name' (one of {', '.join(DATASETS)}); keys present: "
                          f"{', '.join(sorted(map(str, data_cfg))) or 'none'}")
-    d = {k: data_cfg.get(k, DEFAULTS["data"].get(k)) for k in SPLIT_KEYS}
+    options = {k: data_cfg[k] for k in SPLIT_KEYS if k in data_cfg and k not in ("name", "root")}
     synthetic_classes = {} if num_classes is None else {"num_classes_synthetic": num_classes}
-    return build_datasets(
-        d["name"], d["root"] if root is None else root, image_size=d["image_size"], augment=d["augment"],
-        holdout_fraction=d["holdout_fraction"], split_seed=d["split_seed"],
-        synthetic_num_train=d["synthetic_num_train"], synthetic_num_test=d["synthetic_num_test"],
-        **synthetic_classes)
+    return build_datasets(data_cfg["name"], data_cfg.get("root", DEFAULT_ROOT) if root is None else root,
+                          **options, **synthetic_classes)
 
 
 # ---------------------------------------------------------------------------------------------------------------

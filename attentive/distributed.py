@@ -43,19 +43,28 @@ class DistEnv:
         return self.world_size > 1
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # the device names resolve_device accepts (N: a GPU index)
+
+
+def is_device_name(name: Any) -> bool:
+    """Whether `resolve_device` accepts `name`: its format only, CUDA is not probed (the config checks with it)."""
+    return isinstance(name, str) and (name in ("auto", "cpu", "cuda") or
+                                      (name.startswith("cuda:") and name[5:].isdigit()))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The one parser of a device name: 'auto' (cuda when available) | 'cpu' | 'cuda' (this process's local rank)
     | 'cuda:N'. Raises ValueError naming the value and what is allowed; RuntimeError when CUDA is asked for but
     missing."""
+    if not is_device_name(name):
+        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine; use cpu or auto")
-        return torch.device("cuda", local_rank if name == "cuda" else int(name[5:]))
-    raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine; use cpu or auto")
+    return torch.device("cuda", local_rank if name == "cuda" else int(name[5:]))
 
 
 def launched_by_torchrun() -> bool:
