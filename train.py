@@ -7,7 +7,10 @@
 
 The YAML file supplies the defaults, `key=value` overrides them (dotted keys for nested ones: optim.lr=0.2);
 an unknown key is an error listing the valid ones. The resolved config is saved as <output_dir>/config.yaml.
-Exit status: 0 done, 2 usage/config/checkpoint error, 3 non-finite loss (the last good checkpoint is kept).
+Exit status: 0 done, 2 usage/config/checkpoint error (a checkpoint that does not load or belongs to another run,
+named), 3 non-finite loss (the last good checkpoint is kept). The training itself is
+`attentive.trainer.run_training`; this file wires in the XGBoost accuracy predictor (`attentive` never imports
+`predictors`).
 """
 from __future__ import annotations
 
@@ -53,25 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(dump_config(cfg), end="")
         return 0
 
-    from attentive.cpu_runtime import tune_cpu_runtime
-    from attentive.distributed import cleanup, init_distributed
-    from attentive.trainer import CheckpointMismatchError, NonFiniteLossError, Trainer
+    from attentive.fileio import BadFileError
+    from attentive.trainer import NonFiniteLossError, run_training
+    from predictors.xgb import AccuracyPredictor
 
-    tune_cpu_runtime()  # faster CPU steps, same numbers (attentive/cpu_runtime.py)
-    env = init_distributed(cfg["device"], cfg["dist_backend"])
     try:
-        trainer = Trainer(cfg, env)
-        try:
-            trainer.setup()
-        except CheckpointMismatchError as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        trainer.fit()
+        run_training(cfg, predictor_backend=AccuracyPredictor)
+    except BadFileError as e:  # a checkpoint that does not load or belongs to another run: named in `e`
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except NonFiniteLossError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
-    finally:
-        cleanup()
     return 0
 
 

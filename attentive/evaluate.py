@@ -1,7 +1,9 @@
-"""Top-1 evaluation of static nets and of subnets inside the supernet (after BN recalibration)."""
+"""Top-1 evaluation of static nets and of subnets inside the supernet (after BN recalibration): the one copy,
+used by the trainer (which sums the counts over ranks), the search, the exports and the benches."""
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -9,32 +11,60 @@ import torch.nn as nn
 from .calibration import calibrate_bn
 from .space import Arch
 
+# (correct, total) of this process -> (correct, total) of the whole evaluation (e.g. summed over ranks)
+CountReducer = Callable[[int, int], "tuple[float, float]"]
+
+
+def amp_autocast(device_type: str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes (training and evaluation alike): `amp_dtype` None means full precision."""
+    return torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
-             channels_last: bool = False) -> float:
-    """Top-1 accuracy (%) of `model` in eval mode over `loader` of (images, labels)."""
+def count_correct(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+                  channels_last: bool = False, amp_dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """(top-1 correct, images) of `model` in eval mode over `loader` of (images, labels); modes restored."""
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
         for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
-            correct += (model(images).argmax(1) == labels).sum().item()
+            with amp_autocast(device.type, amp_dtype):
+                logits = model(images)
+            correct += int((logits.argmax(1) == labels).sum())
             total += labels.numel()
     finally:
         model.train(was_training)
+    return correct, total
+
+
+def _percent(correct: float, total: float) -> float:
     if total == 0:
         raise ValueError("accuracy: the loader yielded no images")
     return 100.0 * correct / total
 
 
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu",
+             channels_last: bool = False, amp_dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy (%) of `model` in eval mode over `loader` of (images, labels)."""
+    return _percent(*count_correct(model, loader, device, channels_last, amp_dtype))
+
+
 def evaluate_arch(supernet: nn.Module, arch: Arch, calib_batches: Iterable, loader: Iterable,
-                  device: torch.device | str = "cpu", channels_last: bool = False) -> float:
-    """Activate `arch`, recalibrate its BN statistics on `calib_batches`, return its top-1 (%) on `loader`."""
+                  device: torch.device | str = "cpu", channels_last: bool = False,
+                  amp_dtype: torch.dtype | None = None, reduce_counts: CountReducer | None = None) -> float:
+    """Activate `arch`, recalibrate its BN statistics on `calib_batches`, return its top-1 (%) on `loader`.
+
+    `reduce_counts` combines this process's (correct, total) with the other processes' (the trainer sums them
+    over ranks, each rank holding a shard of `loader`'s split)."""
     supernet.set_arch(arch)
-    calibrate_bn(supernet, calib_batches, device, channels_last)
-    return accuracy(supernet, loader, device, channels_last)
+    with amp_autocast(torch.device(device).type, amp_dtype):
+        calibrate_bn(supernet, calib_batches, device, channels_last)
+    correct, total = count_correct(supernet, loader, device, channels_last, amp_dtype)
+    if reduce_counts is not None:
+        correct, total = reduce_counts(correct, total)
+    return _percent(correct, total)

@@ -17,12 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-import attentive.trainer as trainer_mod
+import attentive.train_step as step_mod
 import train
 from attentive.checkpoint import load_supernet
 from attentive.config import load_config
 from attentive.data import build_datasets, calibration_batches, datasets_from_config, set_loader_epoch
-from attentive.trainer import KILL_AT_STEP_ENV, CheckpointMismatchError, Trainer
+from attentive.evaluate import evaluate_arch
+from attentive.fileio import BadFileError
+from attentive.train_state import CheckpointMismatchError
+from attentive.train_step import sandwich_step
+from attentive.trainer import Trainer as _Trainer
+from predictors.xgb import AccuracyPredictor
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "train" / "smoke.yaml"
@@ -36,9 +41,18 @@ def _cfg(tmp_path, *overrides):
     return load_config(SMOKE, [f"output_dir={tmp_path}", *RUN_ARGS, *overrides])
 
 
-def _run_cli(out_dir, *extra, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(SMOKE), f"output_dir={out_dir}", *RUN_ARGS, *extra]
+def Trainer(cfg, **kw):
+    """The trainer as train.py builds it: with the XGBoost predictor backend."""
+    return _Trainer(cfg, predictor_backend=AccuracyPredictor, **kw)
+
+
+def _run_cli(out_dir, *extra, kill_at_step=None):
+    """train.py with the smoke config; with `kill_at_step`, tests/kill_at_step.py instead: the same training,
+    SIGKILLed right after that step (through the trainer's after_step hook)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    program = ([str(ROOT / "train.py"), "--config"] if kill_at_step is None
+               else [str(ROOT / "tests" / "kill_at_step.py"), str(kill_at_step)])
+    cmd = [sys.executable, *program, str(SMOKE), f"output_dir={out_dir}", *RUN_ARGS, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -74,19 +88,55 @@ def test_sandwich_step_order_clip_and_update(tmp_path):
     assert any(k.endswith("weight") for k in changed)
 
 
+def test_sandwich_step_alone_is_the_trainers_step(tmp_path):
+    """attentive.train_step.sandwich_step on the trainer's archs gives the trainer's step, bit for bit."""
+    cfg = _cfg(tmp_path, "train.num_subnets=4", "sampler.name=uniform")
+    a, b = Trainer(cfg), Trainer(copy.deepcopy(cfg))
+    images, labels = _first_batch(a)
+    out = a.train_step(images, labels)
+    alone = sandwich_step(b.model, *b._to_device(images, labels), out.archs, b.criterion, b.optimizer,
+                          b.step_options)
+    assert alone.losses == out.losses and alone.lr == out.lr
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    with pytest.raises(ValueError, match="at least the largest and the smallest"):
+        sandwich_step(b.model, *b._to_device(images, labels), out.archs[:1], b.criterion, b.optimizer,
+                      b.step_options)
+
+
+def test_predictor_scoring_needs_a_backend(tmp_path):
+    with pytest.raises(ValueError, match="predictor_backend"):
+        _Trainer(_cfg(tmp_path))  # bestup scored by a predictor, and no backend
+    with pytest.raises(TypeError, match="PredictorBackend"):
+        _Trainer(_cfg(tmp_path), predictor_backend=object())
+    # Neither the loss scorer nor uniform sampling needs one.
+    assert _Trainer(_cfg(tmp_path / "loss", "sampler.scorer=loss")).predictor_backend is None
+    assert _Trainer(_cfg(tmp_path / "uniform", "sampler.name=uniform")).attentive_sampler is None
+
+
+def test_trainer_evaluates_through_evaluate_arch(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform"))
+    t.train_step(*_first_batch(t))
+    calib = t._calibration(2)
+    bn = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k}
+    got = t.evaluate(archs={"min": t.min_arch}, calib_batches=2)
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in bn.items()) and t.model.training
+    expected = evaluate_arch(t.model, t.min_arch, calib, t.holdout_loader, t.device, t.channels_last)
+    assert got == {"min": expected}
+
+
 @pytest.mark.parametrize("resolution", ["fixed", "random"])
 def test_distillation_targets_are_the_largest_subnets_logits(tmp_path, monkeypatch, resolution):
     """Every distilled subnet's target is the largest subnet's own logits on the same batch in this step."""
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.dropout=0", "train.drop_connect=0",
                      "train.num_subnets=4", f"train.sandwich_resolution={resolution}"))
     seen = []
-    real = trainer_mod.distill_loss
+    real = step_mod.distill_loss
 
     def recording(student, teacher):
         seen.append((student.detach().clone(), teacher.clone()))
         return real(student, teacher)
 
-    monkeypatch.setattr(trainer_mod, "distill_loss", recording)
+    monkeypatch.setattr(step_mod, "distill_loss", recording)
     images, labels = _first_batch(t)
     for _ in range(3):  # a few steps: with random resolution, the draws differ between steps
         reference = copy.deepcopy(t.model)
@@ -187,7 +237,7 @@ def test_run_writes_checkpoints_logs_and_report(finished_run):
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(finished_run, tmp_path):
     out = tmp_path / "killed"
     # Step 10 is batch 2 of epoch 2 (after a predictor fit and refresh); last.pt was written at step 9.
-    proc = _run_cli(out, env_extra={KILL_AT_STEP_ENV: "10"})
+    proc = _run_cli(out, kill_at_step=10)
     assert proc.returncode == -signal.SIGKILL
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (9, 2, 1)
@@ -220,6 +270,16 @@ def test_resume_auto_skips_truncated_checkpoint(finished_run, tmp_path):
     t.metrics.close()
 
 
+def test_truncated_resume_file_exits_2_naming_it(finished_run, tmp_path, capsys):
+    torn = tmp_path / "torn.pt"
+    data = (finished_run / "last.pt").read_bytes()
+    torn.write_bytes(data[: len(data) // 2])
+    assert train.main(["-c", str(SMOKE), f"output_dir={tmp_path / 'x'}", "--resume", str(torn)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {torn}: not a readable checkpoint" in err
+    assert issubclass(CheckpointMismatchError, BadFileError)  # every bad checkpoint is refused the same way
+
+
 def test_checkpoint_of_another_space_is_refused(finished_run, tmp_path, capsys):
     space = tmp_path / "other_space.yaml"
     text = (ROOT / "attentive" / "spaces" / "tiny.yaml").read_text().replace("widths: [256, 320]", "widths: [256, 384]")
@@ -243,14 +303,14 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(finished_run, tmp_path, caps
 
 def test_non_finite_loss_stops_naming_step_and_arch(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    real = trainer_mod.distill_loss
+    real = step_mod.distill_loss
 
     def poisoned(student, teacher):  # the 4th step's first distilled subnet goes NaN
         calls["n"] += 1
         loss = real(student, teacher)
         return loss * float("nan") if calls["n"] == 7 else loss
 
-    monkeypatch.setattr(trainer_mod, "distill_loss", poisoned)
+    monkeypatch.setattr(step_mod, "distill_loss", poisoned)
     code = train.main(["-c", str(SMOKE), f"output_dir={tmp_path}", "train.max_steps_per_epoch=6",
                        "checkpoint.every_steps=2", "sampler.name=uniform", "log.tensorboard=false"])
     assert code == 3
