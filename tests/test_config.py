@@ -202,8 +202,8 @@ def test_bad_values_name_the_key(override, fragment):
 @pytest.mark.parametrize("override", [
     "device=cpu", "device=cuda", "device=cuda:0", "device=cuda:3", "device=auto",  # format only: CUDA not probed
     "channels_last=true", "channels_last=auto", "num_threads=1", "num_threads=null", "data.num_workers=0",
-    "train.num_subnets=2", "optim.lr=0.000001", "train.dropout=0.999", "train.label_smoothing=0", "optim.nesterov=false",
-    "train.clip_grad_value=null", "train.drop_connect_last_stages=null", "sampler.predictor=some/dir",
+    "train.num_subnets=2", "optim.lr=0.000001", "train.dropout=0.999", "train.label_smoothing=0",
+    "optim.nesterov=false", "train.clip_grad_value=null", "train.drop_connect_last_stages=null", "sampler.predictor=some/dir",
     "resume=auto", "sampler.predictor_teacher=gp", "eval.holdout_size=1",
 ])
 def test_allowed_values_pass_as_given(override):
