@@ -20,21 +20,18 @@ The directory is written to a temporary sibling and renamed into place, so it is
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
 
-from .fileio import umask, write_json_atomic, write_text_atomic
 from .calibration import calibrate_bn
+from .checkpoint import check_state_dict
+from .fileio import (BadFileError, atomic_directory, check_output_dir, load_torch_file, read_json_file,
+                     write_json_atomic, write_text_atomic)
 from .evaluate import accuracy
 from .flops import count_flops, count_params
 from .space import Arch, SearchSpace, space_from_dict
@@ -56,44 +53,6 @@ def _mac_handles() -> dict[str, Any]:
     return {"aten::_convolution": h.conv_flop_jit, "aten::linear": h.linear_flop_jit, "aten::addmm": h.addmm_flop_jit,
             "aten::mm": h.matmul_flop_jit, "aten::matmul": h.matmul_flop_jit, "aten::bmm": h.bmm_flop_jit,
             "aten::einsum": h.einsum_flop_jit}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Atomic files and directories
-
-
-def check_output_dir(path: str | Path, force: bool) -> Path:
-    """Refuse an existing output (file or directory) unless `force`; a file is never replaced by a directory."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not force:
-            raise FileExistsError(f"output {path} already exists; pass --force (force=True) to replace it")
-        if not path.is_dir() or path.is_symlink():
-            raise FileExistsError(f"output {path} exists and is not a directory; refusing to replace it")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to `path`; on success it replaces `path` (only with `force` if `path`
-    exists), on error it is removed and `path` is untouched."""
-    path = check_output_dir(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())
-        yield tmp
-        check_output_dir(path, force)  # something may have appeared meanwhile
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / path.name)  # move the old output aside, then swap the new one in
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,32 +191,49 @@ def export_subnet(
     return metrics
 
 
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not an attentive export directory?")
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_subnet(directory: str | Path, map_location: str | torch.device = "cpu") -> StaticNet:
-    """Rebuild an exported subnet from its directory alone (space.json + arch.json + model.pth), in eval mode.
+    """Rebuild an exported subnet from its directory alone (space.json + arch.json + model.pth), in eval mode;
+    the net's `arch` and `space` say what it is.
 
-    Refuses a directory whose files disagree (space hash or class count) or whose weights do not fit the arch.
+    Raises `BadFileError` naming the file for a truncated, foreign or tampered export: a missing or unreadable
+    file, another format or version, files that disagree (space hash, arch, class count), or weights that do not
+    fit the arch.
     """
     directory = Path(directory)
-    metrics = read_json(directory / METRICS_FILE)
+    if not directory.is_dir():
+        raise BadFileError(directory, "no such export directory (written by search.py or export_subnet)")
+    metrics_path, space_path, arch_path = directory / METRICS_FILE, directory / SPACE_FILE, directory / ARCH_FILE
+    metrics = read_json_file(metrics_path, "export metrics file")
     if not isinstance(metrics, dict) or metrics.get("format") != FORMAT:
-        raise ValueError(f"{directory / METRICS_FILE} is not an attentive subnet export (format {FORMAT!r})")
+        found = metrics.get("format") if isinstance(metrics, dict) else type(metrics).__name__
+        raise BadFileError(metrics_path, f"not an attentive subnet export: format {found!r}, expected {FORMAT!r}")
     if metrics.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: export format version {metrics.get('format_version')} is not supported "
-                         f"(this version reads {FORMAT_VERSION})")
-    space = space_from_dict(read_json(directory / SPACE_FILE), where=str(directory / SPACE_FILE))
+        raise BadFileError(metrics_path, f"export format version {metrics.get('format_version')!r} is not "
+                                         f"supported (this attentive reads {FORMAT_VERSION})")
+    num_classes = metrics.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise BadFileError(metrics_path, f"num_classes must be a positive integer, got {num_classes!r}")
+    space_dict = read_json_file(space_path, "search space file")
+    try:
+        space = space_from_dict(space_dict, where="space")
+    except ValueError as e:
+        raise BadFileError(space_path, str(e)) from None
     if space.hash != metrics.get("space_hash"):
-        raise ValueError(f"{directory}: space.json has hash {space.hash} but metrics.json records "
-                         f"{metrics.get('space_hash')}; the directory was modified or mixed")
-    arch = space.validate(Arch.from_dict(read_json(directory / ARCH_FILE)))
-    net = StaticNet.from_arch(space, arch, num_classes=int(metrics["num_classes"]))
-    state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
+        raise BadFileError(space_path, f"its space hashes to {space.hash} but {METRICS_FILE} records "
+                                       f"{metrics.get('space_hash')}: the directory was modified or mixed")
+    arch_dict = read_json_file(arch_path, "arch file")
+    try:
+        arch = space.validate(Arch.from_dict(arch_dict))
+    except ValueError as e:
+        raise BadFileError(arch_path, str(e)) from None
+    if metrics.get("arch") != arch.to_dict():
+        raise BadFileError(arch_path, f"the arch differs from the one {METRICS_FILE} records: the directory was "
+                                      f"modified or mixed")
+    model_path = directory / MODEL_FILE
+    state = load_torch_file(model_path, map_location, "subnet weights file")
+    with torch.device("meta"):  # no initialization that the loaded weights would overwrite
+        net = StaticNet.from_arch(space, arch, num_classes=num_classes)
+    check_state_dict(model_path, net.state_dict(), state)
+    net = net.to_empty(device=map_location)
     net.load_state_dict(state)
-    net.arch, net.space = arch, space
-    return net.to(map_location).eval()
+    return net.eval()

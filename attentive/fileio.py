@@ -1,13 +1,20 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, fsync of the directory. A crash leaves
-either the old file or the new one, never a torn one. Shared by checkpoints, exports, predictors and benches."""
+either the old file or the new one, never a torn one; a directory (`atomic_directory`) is complete or absent.
+Shared by checkpoints, exports, predictors, data preparation and benches. Reading a JSON or torch file that is
+missing or unreadable raises `BadFileError` naming the file."""
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any, Callable, IO, Iterator
+
+import torch
 
 
 class BadFileError(ValueError):
@@ -75,3 +82,82 @@ def json_safe(obj: Any) -> Any:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def gunzip_atomic(source: str | Path, target: str | Path) -> None:
+    """Decompress gzip file `source` to `target` atomically (a concurrent or killed run never sees a partial
+    file)."""
+    def copy(out: IO[bytes]) -> None:
+        with gzip.open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+
+    write_atomic(target, copy)
+
+
+def check_output_dir(path: str | Path, force: bool) -> Path:
+    """Refuse an existing output (file or directory) unless `force`; a file is never replaced by a directory."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise FileExistsError(f"output {path} already exists; pass --force (force=True) to replace it")
+        if not path.is_dir() or path.is_symlink():
+            raise FileExistsError(f"output {path} exists and is not a directory; refusing to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to `path`; on success it replaces `path` (only with `force` if `path`
+    exists), on error it is removed and `path` is untouched."""
+    path = check_output_dir(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())
+        yield tmp
+        check_output_dir(path, force)  # something may have appeared meanwhile
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)  # move the old output aside, then swap the new one in
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---- reading, with the file named in every error ---------------------------------------------------------------
+def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON in `path`; `BadFileError` naming the file when it is missing, unreadable or not JSON (NaN and
+    infinities are refused: the writers here never produce them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadFileError(path, f"no such {what}")
+    try:
+        return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadFileError(path, f"not a readable {what} (truncated, or not JSON): {_first_line(e)}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def load_torch_file(path: str | Path, map_location: Any = "cpu", what: str = "torch file") -> Any:
+    """`torch.load(path, weights_only=True)`; `BadFileError` naming the file when it is missing, truncated or
+    torn, not a torch file, or holds code objects (which weights_only refuses)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadFileError(path, f"no such {what}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip, pickle and weights_only errors alike: the file is not a readable torch file
+        raise BadFileError(path, f"not a readable {what} (truncated, torn, or not written by attentive): "
+                                 f"{type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""

@@ -4,7 +4,8 @@ Each layer allocates its largest weight once; a subnet uses the leading `[:out, 
 depthwise kernel is cut from the centre of the largest (as in OFA). The active size is set by the supernet
 before the forward pass (`set_active`), so `forward` does no bookkeeping of its own. When the active size is
 the full size, the parameter itself is used: no slice, hence no slice-backward that scatters into a zero
-tensor of the full size. Every dynamic layer can hand back its static twin (`to_static`) with copied weights.
+tensor of the full size. Every dynamic layer can hand back its static twin (`to_static`) with copied weights
+(allocated without an initialization that the copy would overwrite).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_act_layer
+from torch.nn.utils import skip_init
 
 # Our YAML names -> timm's activation names.
 _TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard_swish", "gelu": "gelu"}
@@ -99,9 +101,9 @@ class DynamicConv2d(nn.Module):
 
     @torch.no_grad()
     def to_static(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_chs, self.out_chs, self.kernel_size, self.stride, self.padding,
-                         groups=self.groups, bias=self.bias is not None)
-        conv.to(self.weight.device, self.weight.dtype)
+        conv = skip_init(nn.Conv2d, self.in_chs, self.out_chs, self.kernel_size, self.stride, self.padding,
+                         groups=self.groups, bias=self.bias is not None, device=self.weight.device,
+                         dtype=self.weight.dtype)
         conv.weight.copy_(self.active_weight())
         if self.bias is not None:
             conv.bias.copy_(self.active_bias())
@@ -134,7 +136,8 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
     @torch.no_grad()
     def to_static(self) -> nn.BatchNorm2d:
         c = self.active_features
-        bn = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum).to(self.weight.device, self.weight.dtype)
+        bn = skip_init(nn.BatchNorm2d, c, eps=self.eps, momentum=self.momentum, device=self.weight.device,
+                       dtype=self.weight.dtype)
         bn.weight.copy_(self.weight[:c])
         bn.bias.copy_(self.bias[:c])
         bn.running_mean.copy_(self.running_mean[:c])
@@ -165,8 +168,8 @@ class DynamicLinear(nn.Module):
 
     @torch.no_grad()
     def to_static(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        lin.to(self.weight.device, self.weight.dtype)
+        lin = skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
         lin.weight.copy_(self.weight[:, : self.in_features])
         if self.bias is not None:
             lin.bias.copy_(self.bias)
@@ -193,21 +196,22 @@ class DynamicSqueezeExcite(nn.Module):
         return x * self.gate(s)
 
     def to_static(self) -> "SqueezeExcite":
-        se = SqueezeExcite(self.conv_reduce.in_chs, self.conv_reduce.out_chs)
-        se.conv_reduce = self.conv_reduce.to_static()
-        se.conv_expand = self.conv_expand.to_static()
-        return se
+        return SqueezeExcite(self.conv_reduce.to_static(), self.conv_expand.to_static())
 
 
 class SqueezeExcite(nn.Module):
-    """Static twin of `DynamicSqueezeExcite`."""
+    """Static twin of `DynamicSqueezeExcite`, built from its two convs (`SqueezeExcite.fresh`: new ones)."""
 
-    def __init__(self, chs: int, rd_chs: int) -> None:
+    def __init__(self, conv_reduce: nn.Conv2d, conv_expand: nn.Conv2d) -> None:
         super().__init__()
-        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.conv_reduce = conv_reduce
         self.act = nn.ReLU(inplace=True)
-        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.conv_expand = conv_expand
         self.gate = nn.Hardsigmoid()
+
+    @classmethod
+    def fresh(cls, chs: int, rd_chs: int) -> "SqueezeExcite":
+        return cls(nn.Conv2d(chs, rd_chs, 1, bias=True), nn.Conv2d(rd_chs, chs, 1, bias=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)

@@ -6,7 +6,7 @@ Kept apart from the module builders (as in timm's `_efficientnet_builder`): the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from timm.layers import make_divisible
 
@@ -91,6 +91,8 @@ class NetSpec:
     head_activation: str
     head_in_size: int
     num_classes: int
+    arch: Arch  # what was decoded, so a net built from the spec knows its arch and space
+    space: SearchSpace = field(compare=False, repr=False)
 
 
 def decode(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> NetSpec:
@@ -135,4 +137,6 @@ def decode(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> Ne
         head_activation=space.head.activation,
         head_in_size=size,
         num_classes=space.num_classes if num_classes is None else num_classes,
+        arch=arch,
+        space=space,
     )

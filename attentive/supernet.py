@@ -12,7 +12,7 @@ from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSq
                      drop_connect, dropout, pad_channels)
 from .space import Arch, SearchSpace, load_space
 from .spec import HEAD_EXPAND, BlockSpec, NetSpec, block_shortcut, decode, expanded_chs, se_chs
-from .static import StaticNet
+from .static import BlockLayers, ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
 
 
 class DynamicMBConv(nn.Module):
@@ -49,6 +49,7 @@ class DynamicMBConv(nn.Module):
         self.generator: torch.Generator | None = None
 
     def set_active(self, spec: BlockSpec) -> None:
+        self.active_spec = spec
         if spec.expand:
             self.conv_pw.set_active(spec.in_chs, spec.mid_chs)
             self.bn1.set_active(spec.mid_chs)
@@ -79,16 +80,19 @@ class DynamicMBConv(nn.Module):
         return x + shortcut
 
     @torch.no_grad()
-    def to_static_into(self, block: nn.Module) -> None:
-        """Replace the layers of a freshly built static `MBConvBlock` with copies of the active slices."""
-        if self.use_expand:
-            block.conv_pw, block.bn1 = self.conv_pw.to_static(), self.bn1.to_static()
-        block.conv_dw, block.bn2 = self.conv_dw.to_static(), self.bn2.to_static()
-        if isinstance(self.se, DynamicSqueezeExcite):
-            block.se = self.se.to_static()
-        block.conv_pwl, block.bn3 = self.conv_pwl.to_static(), self.bn3.to_static()
-        if self.use_shortcut_conv:
-            block.shortcut_conv = self.shortcut_conv.to_static()
+    def to_static(self) -> MBConvBlock:
+        """The static twin of the active block: copies of the active slices, no supernet involved."""
+        spec = self.active_spec
+        return MBConvBlock(spec, BlockLayers(
+            conv_pw=self.conv_pw.to_static() if spec.expand else None,
+            bn1=self.bn1.to_static() if spec.expand else None,
+            conv_dw=self.conv_dw.to_static(),
+            bn2=self.bn2.to_static(),
+            se=self.se.to_static() if spec.se_chs else None,
+            conv_pwl=self.conv_pwl.to_static(),
+            bn3=self.bn3.to_static(),
+            shortcut_conv=self.shortcut_conv.to_static() if spec.shortcut_conv else None,
+        ))
 
 
 class Supernet(nn.Module):
@@ -240,12 +244,10 @@ class Supernet(nn.Module):
         Leaves `arch` active in the supernet. The returned net is in the supernet's train/eval mode.
         """
         spec = self.set_arch(arch) if arch is not None else self.active_spec
-        net = StaticNet(spec)
-        net.stem.conv, net.stem.bn = self.stem_conv.to_static(), self.stem_bn.to_static()
-        for dyn, static in zip(self.active_blocks, net.blocks):
-            dyn.to_static_into(static)
-        net.head.conv_expand, net.head.bn = self.head_conv.to_static(), self.head_bn.to_static()
-        net.head.conv_mix = self.head_mix.to_static()
-        net.head.classifier = self.classifier.to_static()
+        stem = ConvBnAct(self.stem_conv.to_static(), self.stem_bn.to_static(), act_layer(spec.stem_activation))
+        blocks = [block.to_static() for block in self.active_blocks]
+        head = MobileNetV3Head(self.head_conv.to_static(), self.head_bn.to_static(), self.head_mix.to_static(),
+                               self.classifier.to_static(), act_layer(spec.head_activation))
+        net = StaticNet(spec, stem=stem, blocks=blocks, head=head)
         p = next(self.parameters())
         return net.to(p.device, p.dtype).train(self.training)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from attentive import Supernet, count_flops, count_params
+from attentive import StaticNet, Supernet, count_flops, count_params
 from attentive.calibration import calibrate_bn
 from attentive.data import build_datasets, build_loader, calibration_batches
 from attentive.export import export_subnet, load_subnet
+from attentive.fileio import BadFileError
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,17 @@ def test_load_subnet_refuses_mixed_directories(exported, tmp_path):
     space = json.loads((out / "space.json").read_text())
     space["num_classes"] = 11
     (out / "space.json").write_text(json.dumps(space))
-    with pytest.raises(ValueError, match="space.json has hash"):
+    with pytest.raises(BadFileError, match=r"space.json: its space hashes to \w+ but metrics.json records"):
         load_subnet(out)
-    with pytest.raises(FileNotFoundError, match="not an attentive export"):
+    with pytest.raises(BadFileError, match="nothing: no such export directory"):
         load_subnet(tmp_path / "nothing")
+
+
+def test_nets_know_their_arch_and_space(setup, exported):
+    supernet, arch, *_ = setup
+    extracted = supernet.extract(arch)
+    loaded = load_subnet(exported[0])
+    fresh = StaticNet.from_arch(supernet.space, arch)
+    for net in (extracted, loaded, fresh):
+        assert net.arch == arch and net.space == supernet.space and net.spec.arch == arch
+    assert list(loaded.state_dict()) == list(extracted.state_dict()) == list(fresh.state_dict())
