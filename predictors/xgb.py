@@ -244,7 +244,8 @@ def _check_meta(meta: Any, space: SearchSpace, where: str | Path) -> None:
                                   f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
     if meta.get("feature_version") != FEATURE_VERSION:
         raise BadFileError(where, f"predictor uses feature version {meta.get('feature_version')}, this code "
-                                  f"computes feature version {FEATURE_VERSION}; refit it (python -m predictors.retrain)")
+                                  f"computes feature version {FEATURE_VERSION}; refit it "
+                                  f"(python -m predictors.retrain)")
     if meta.get("feature_set") not in FEATURE_SETS:
         raise BadFileError(where, f"feature set {meta.get('feature_set')!r} is not one this code computes "
                                   f"({list(FEATURE_SETS)})")

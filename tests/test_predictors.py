@@ -11,12 +11,14 @@ from attentive import Supernet, count_flops, count_flops_batch, load_space
 from attentive.checkpoint import save_atomic
 from attentive.fileio import BadFileError
 from attentive.predictor import DEFAULT_TEACHER, TEACHERS
-from attentive.data import build_datasets, build_loader, calibration_batches
+from attentive.data import build_datasets, build_loader, calibration_batches, datasets_from_config
 from attentive import measure as collect
 from attentive.measure import measure_archs, read_rows, stratified_archs
 from predictors.features import FEATURE_VERSION, GENES_MIN_ARCHS, feature_names, features, resolve_feature_set
 from attentive.metrics import regression_metrics, top_fraction_overlap
-from predictors.retrain import main as retrain_main, measurement_tag
+from predictors import compare
+from predictors.compare import RetrainOptions, measurement_tag
+from predictors.retrain import main as retrain_main
 from predictors.teacher import DEFAULT_NUM_PSEUDO, fit_gaussian_process, gp_pseudo_labels
 from predictors.xgb import AccuracyPredictor, tune_params
 
@@ -453,8 +455,6 @@ def _exit_code_and_error(capsys, argv):
 
 def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
     base = ["--out", str(tmp_path / "out")]
-    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(tmp_path / "missing.pt"), "--num-archs", "20", *base])
-    assert code == 2 and "--checkpoint: file not found" in err and "missing.pt" in err
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "5", *base])
     assert code == 2 and "gives 4 training and 1 held-out archs; at least 2 of each" in err
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
@@ -469,18 +469,60 @@ def test_retrain_cli_usage_errors_exit_2(checkpoint, big, tmp_path, capsys):
     code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
                                               "--sizes", "10,50", *base])
     assert code == 2 and "--sizes [50] exceed the 16 training archs" in err
+    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
+                                              "--device", "tpu", *base])
+    assert code == 2 and "--device: unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N" in err
+    assert not (tmp_path / "out").exists()  # nothing written by a refused run
+
+
+def _bad_file_refused(capsys, argv, path, reason):
+    """The CLI exits 2 with `prog: error: PATH: reason`."""
+    code, err = _exit_code_and_error(capsys, argv)
+    assert code == 2 and f"python -m predictors.retrain: error: {path}: " in err and reason in err, err
+
+
+def test_retrain_cli_refuses_bad_checkpoints_by_name(checkpoint, tiny, tmp_path, capsys):
+    argv = ["--num-archs", "20", "--out", str(tmp_path / "out"), "--no-progress"]
+    missing = tmp_path / "missing.pt"
+    _bad_file_refused(capsys, ["--checkpoint", str(missing), *argv], missing, "no such checkpoint file")
+    truncated = tmp_path / "truncated.pt"
+    data = checkpoint.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    _bad_file_refused(capsys, ["--checkpoint", str(truncated), *argv], truncated, "not a readable checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    _bad_file_refused(capsys, ["--checkpoint", str(foreign), *argv], foreign, "not an attentive supernet checkpoint")
+    # A checkpoint whose config cannot rebuild its training data: refused when measuring needs the data.
+    no_data = tmp_path / "no_data.pt"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    save_atomic({**ckpt, "config": {}}, no_data)
+    _bad_file_refused(capsys, ["--checkpoint", str(no_data), *argv], no_data,
+                      "cannot rebuild the held-out split of its training data from its config")
+
+
+def test_retrain_cli_refuses_foreign_and_corrupt_measured_files_by_name(checkpoint, tiny, big, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--num-archs", "20", "--out", str(tmp_path / "out"), "--no-progress"]
     other = tmp_path / "other_space.jsonl"
     _write_rows(other, big, [big.min_arch()], [50.0])
-    code, err = _exit_code_and_error(capsys, ["--checkpoint", str(checkpoint), "--num-archs", "20",
-                                              "--data", str(other), *base])
-    assert code == 2 and "measured in another search space" in err and big.hash in err
+    _bad_file_refused(capsys, [*argv, "--data", str(other)], other,
+                      f"line 1: measured in another search space (hash {big.hash})")
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text("this is not json\n")
+    _bad_file_refused(capsys, [*argv, "--data", str(corrupt)], corrupt, "line 1: not valid JSON")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x80\x81\xfe\n")
+    _bad_file_refused(capsys, [*argv, "--data", str(binary)], binary, "not a measured-archs JSONL file")
+    not_rows = tmp_path / "not_rows.jsonl"
+    not_rows.write_text('{"arch": 1}\n')
+    _bad_file_refused(capsys, [*argv, "--data", str(not_rows)], not_rows, "line 1: a row needs keys")
+    # Rows of this space measured under another checkpoint or setting: refused before appending to them.
+    other_tag = tmp_path / "other_tag.jsonl"
+    _write_rows(other_tag, tiny, [tiny.min_arch()], [50.0], tag="ckpt=0123;calib=1x8")
+    _bad_file_refused(capsys, [*argv, "--data", str(other_tag)], other_tag, "line 1: measured under tag 'ckpt=0123")
+    assert len(_lines(other_tag)) == 1
 
 
-def test_retrain_splits_follow_the_checkpoint_and_calibrate_on_plain_images(checkpoint, tiny, tmp_path, monkeypatch):
-    import argparse
-
-    from predictors import retrain
-
+def test_retrain_calibrates_on_plain_images_of_the_checkpoint_splits(checkpoint, tiny, tmp_path, monkeypatch):
     data = torch.load(checkpoint, weights_only=True)["config"]["data"]
     assert "augment" not in data  # so the config default applies: basic, augmented training images
     seen = {}
@@ -489,16 +531,15 @@ def test_retrain_splits_follow_the_checkpoint_and_calibrate_on_plain_images(chec
         seen["calib"] = calib
         return []
 
-    monkeypatch.setattr(retrain, "measure_archs", fake_measure)
-    args = argparse.Namespace(num_archs=3, seed=0, calib_batch_size=8, calib_batches=3, holdout_images=None,
-                              batch_size=16, checkpoint=checkpoint, device="cpu", no_progress=True,
-                              channels_last=False)
+    monkeypatch.setattr(compare, "measure_archs", fake_measure)
+    options = RetrainOptions(checkpoint=checkpoint, num_archs=3, out=tmp_path, data=tmp_path / "rows.jsonl",
+                             calib_batch_size=8, calib_batches=3, batch_size=16, progress=False)
     calibs = {}
     for augment in ("default", "basic", "none"):
         cfg = dict(data) if augment == "default" else {**data, "augment": augment}
-        splits = retrain._build_splits({"config": {"data": cfg}}, checkpoint, 10)
-        assert (splits.train.pad > 0) == (augment != "none")  # the checkpoint's augment is read, not assumed
-        retrain._collect_rows(args, None, tiny, tmp_path / "rows.jsonl", [], lambda: splits)
+        splits = datasets_from_config(cfg, num_classes=10)
+        assert (splits.train.pad > 0) == (augment != "none")
+        compare.collect_rows(options, None, tiny, [], lambda: splits)
         calibs[augment] = torch.cat(seen["calib"])
         positions = torch.randperm(len(splits.train_plain), generator=torch.Generator().manual_seed(0))[:24]
         expected = torch.stack([splits.train_plain[int(i)][0] for i in positions])
@@ -507,13 +548,16 @@ def test_retrain_splits_follow_the_checkpoint_and_calibrate_on_plain_images(chec
             assert not torch.equal(calibs[augment], torch.stack([splits.train[int(i)][0] for i in positions]))
     # The same images whatever augmentation the supernet was trained with.
     assert torch.equal(calibs["default"], calibs["none"]) and torch.equal(calibs["basic"], calibs["none"])
-    # Synthetic classes come from the supernet (the config never had a class count).
-    assert retrain._build_splits({"config": {"data": data}}, checkpoint, 7).num_classes == 7
-    with pytest.raises(retrain.UsageError, match="no data section with 'name' and 'root'"):
-        retrain._build_splits({"config": {"data": {"name": "synthetic"}}}, checkpoint, 10)
 
 
-def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
+def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys, monkeypatch):
+    rebuilt = []
+
+    def recording_datasets_from_config(data_cfg, **kwargs):
+        rebuilt.append((data_cfg, kwargs))
+        return datasets_from_config(data_cfg, **kwargs)
+
+    monkeypatch.setattr(compare, "datasets_from_config", recording_datasets_from_config)
     rng = np.random.default_rng(0)
     archs = stratified_archs(tiny, 24, rng)[2:]  # 22 archs with known accuracies; 2 more get measured
     data = tmp_path / "measured.jsonl"
@@ -527,6 +571,8 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys):
     for name in ("xgboost", "random_forest", "mlp", "mflops (baseline)", "grad_norm"):
         assert name in printed
     assert len(_lines(data)) == 24  # the two missing archs were measured and appended
+    # The checkpoint's data section, rebuilt once (measuring and proxies), with the supernet's class count.
+    assert rebuilt == [(torch.load(checkpoint, weights_only=True)["config"]["data"], {"num_classes": 10})]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
     models = {"xgboost", "xgboost_no_teacher", "random_forest", "mlp", "gaussian_process"}

@@ -73,7 +73,7 @@ def test_search_commands_parse(cmd):
 def test_retrain_commands_parse(cmd):
     from predictors import retrain
 
-    args = retrain.build_parser().parse_args(_args_after(cmd, "predictors.retrain"))
+    args = retrain.get_args_parser().parse_args(_args_after(cmd, "predictors.retrain"))
     assert args.num_archs > 0
 
 
