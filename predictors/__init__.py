@@ -1,5 +1,7 @@
-"""Accuracy predictors for the search: arch features, an XGBoost regressor of top-1, measured (arch, top-1)
-collection from a supernet, the retraining CLI (`python -m predictors.retrain`) and training-free proxies."""
+"""Accuracy predictors for the search: arch features, an XGBoost regressor of top-1 (with an optional
+Gaussian-process teacher), the retrain-and-compare library (`predictors.compare`) behind
+`python -m predictors.retrain`, and training-free proxies. Measuring archs on a supernet lives in
+`attentive.measure`; `attentive` never imports this package (it sees predictors through `attentive.predictor`)."""
 from .features import FEATURE_VERSION, feature_names, features
 from .xgb import AccuracyPredictor
 
