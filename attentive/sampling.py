@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +26,9 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
+from .fileio import write_atomic
 from .flops import count_flops, count_flops_batch
+from .mutation import mutate_indices
 from .scoring import ScoreFn, score_batch
 from .space import Arch, SearchSpace, _require_generator
 
@@ -187,22 +188,13 @@ class FlopsBuckets:
         return cls(space, edges, offsets, pool[order], meta)
 
     def _save(self, path: Path) -> Path | None:
-        """Atomic write (temp file in the same directory + os.replace): concurrent ranks never see half a file."""
-        tmp = None
+        """Written atomically (attentive.fileio): concurrent ranks never see half a file."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp",
-                                             delete=False) as f:
-                tmp = f.name
-                np.savez(f, pool=self.pool, offsets=self.offsets, edges=self.edges, meta=np.array(json.dumps(self.meta)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: np.savez(f, pool=self.pool, offsets=self.offsets, edges=self.edges,
+                                                  meta=np.array(json.dumps(self.meta))))
             return path
         except OSError as err:  # a read-only or full cache dir must not stop training
             warnings.warn(f"could not write FLOPs bucket cache {path}: {err}", RuntimeWarning, stacklevel=3)
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             return None
 
     @classmethod
@@ -318,10 +310,7 @@ class FlopsBuckets:
     def _mutate_inside(self, base: np.ndarray, bucket: np.ndarray, rng: np.random.Generator, prob: float,
                        tries: int) -> np.ndarray:
         m, g = base.shape
-        sizes = self._gene_sizes
-        flip = (rng.random((m, tries, g)) < prob) & (sizes > 1)
-        shift = 1 + (rng.random((m, tries, g)) * (sizes - 1)).astype(np.int64)  # never the current value
-        mutants = np.where(flip, (base[:, None, :] + shift) % sizes, base[:, None, :])
+        mutants = mutate_indices(np.broadcast_to(base[:, None, :], (m, tries, g)), self._gene_sizes, prob, rng)
         mflops = count_flops_batch(self.space, mutants.reshape(m * tries, g), self.num_classes).reshape(m, tries)
         inside = (mflops >= self.edges[bucket][:, None]) & (mflops < self.edges[bucket + 1][:, None])
         first = inside.argmax(axis=1)

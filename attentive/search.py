@@ -1,9 +1,9 @@
 """FLOPs-constrained evolutionary search and whole-front (Pareto) search, on gene-index arrays.
 
-The objective is any `score_fn` mapping a batch of archs to scores, higher is better: an accuracy predictor, a
-training-free proxy, or a stand-in in tests. By default it receives a list of `Arch`; with
-`score_input="indices"` it receives the gene-index array (n, G) itself, which skips building Arch objects (an
-`AccuracyPredictor` accepts both). Every arch is scored once: scores are cached by gene indices.
+The objective is any score function (`attentive.scoring.ScoreFn`) mapping a batch of archs to scores, higher is
+better: an accuracy predictor, a training-free proxy, or a stand-in in tests. It receives a list of `Arch`, or,
+when it is an `attentive.scoring.IndexScorer` (e.g. `predictor_scorer(predictor)`), the gene-index array (n, G)
+itself, which skips building Arch objects. Every arch is scored once: scores are cached by gene indices.
 
 The constraint is analytic MFLOPs (`count_flops_batch`, vectorized). Constraint handling is repair, never
 rejection sampling: a child over budget has one of its non-minimal genes, picked at random, shrunk by one option,
@@ -25,16 +25,16 @@ generations: 0.9997).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .flops import count_flops_batch
+from .mutation import crossover_indices, mutate_indices
+from .scoring import IndexScorer, ScoreFn, score_batch
 from .space import Arch, SearchSpace
-
-ScoreFn = Callable[[Any], Sequence[float] | np.ndarray]
-SCORE_INPUTS = ("archs", "indices")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -98,7 +98,6 @@ class EvolutionOptions:
     mutate_prob: float = 0.1  # per-gene probability that a mutant's gene changes
     crossover_prob: float = 0.5  # per-gene probability that a crossover child takes the first parent's gene
     top_k: int = 1
-    score_input: str = "archs"
     num_classes: int | None = None  # classifier size used for FLOPs (default: the space's)
     progress: bool = False
 
@@ -113,7 +112,6 @@ class EvolutionOptions:
         if self.parent_ratio + self.mutation_ratio > 1:
             raise ValueError(f"parent_ratio + mutation_ratio must be <= 1, got {self.parent_ratio} + "
                              f"{self.mutation_ratio}")
-        _check_score_input(self.score_input)
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,6 @@ class ParetoOptions:
     min_mflops: float | None = None  # FLOPs range of the front (default: the space's whole range)
     max_mflops: float | None = None
     reference_score: float | None = None  # hypervolume reference score (default: lowest score seen)
-    score_input: str = "archs"
     num_classes: int | None = None
     progress: bool = False
 
@@ -144,7 +141,6 @@ class ParetoOptions:
         _check_fraction("shrink_ratio", self.shrink_ratio)
         _check_fraction("mutate_prob", self.mutate_prob)
         _check_fraction("crossover_prob", self.crossover_prob)
-        _check_score_input(self.score_input)
 
 
 def _make_options(cls: type, options: dict[str, Any]) -> Any:
@@ -165,9 +161,21 @@ def _check_fraction(name: str, v: Any, low_open: bool = False) -> None:
         raise ValueError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {v!r}")
 
 
-def _check_score_input(v: str) -> None:
-    if v not in SCORE_INPUTS:
-        raise ValueError(f"score_input must be one of {list(SCORE_INPUTS)}, got {v!r}")
+def _scorer_and_options(score_fn: ScoreFn | Objective, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The old option `score_input="indices"|"archs"` still works, with a DeprecationWarning: "indices" wraps
+    `score_fn` in `IndexScorer`, which is how a score function now says that it takes gene-index arrays."""
+    if "score_input" not in options:
+        return score_fn, options
+    options = dict(options)
+    value = options.pop("score_input")
+    if value not in ("archs", "indices"):
+        raise ValueError(f"score_input must be one of ['archs', 'indices'], got {value!r}")
+    warnings.warn("the search option score_input is deprecated: pass an attentive.scoring.IndexScorer for a score "
+                  "function of gene-index arrays, any other callable gets a list of Arch", DeprecationWarning,
+                  stacklevel=3)
+    if value == "indices" and not isinstance(score_fn, Objective) and not getattr(score_fn, "accepts_indices", False):
+        score_fn = IndexScorer(score_fn)
+    return score_fn, options
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,19 +183,18 @@ def _check_score_input(v: str) -> None:
 
 
 class Objective:
-    """Wraps `score_fn` with a cache keyed by gene indices, so no arch is scored twice.
+    """Wraps `score_fn` with a cache keyed by gene indices, so no arch is scored twice; every call of `score_fn`
+    goes through `attentive.scoring.score_batch` (Arch list or index array, one finite score per arch).
 
     Pass one `Objective` to several searches (several budgets, then the whole front) to share the cache.
-    `num_scored` counts the archs `score_fn` actually saw.
+    `num_scored` counts the archs `score_fn` actually saw, `seconds` the time spent in it.
     """
 
-    def __init__(self, space: SearchSpace, score_fn: ScoreFn, score_input: str = "archs") -> None:
-        _check_score_input(score_input)
+    def __init__(self, space: SearchSpace, score_fn: ScoreFn) -> None:
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
         self.space = space
         self.score_fn = score_fn
-        self.score_input = score_input
         self.num_scored = 0
         self.seconds = 0.0
         self._cache: dict[bytes, float] = {}
@@ -202,28 +209,20 @@ class Objective:
         if missing:
             rows = idx[list(missing.values())]
             start = time.perf_counter()
-            batch = rows if self.score_input == "indices" else [self.space.arch_from_indices(r) for r in rows]
-            scores = np.asarray(self.score_fn(batch), dtype=np.float64)
+            scores = score_batch(self.score_fn, rows, self.space)
             self.seconds += time.perf_counter() - start
-            if scores.shape != (len(rows),):
-                raise ValueError(f"score_fn must return one score per arch: expected shape ({len(rows)},), "
-                                 f"got {scores.shape}")
-            if not np.isfinite(scores).all():
-                bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-                raise ValueError(f"score_fn returned a non-finite score ({scores[bad]}) for arch "
-                                 f"{self.space.arch_from_indices(rows[bad])}")
             self._cache.update(zip(missing.keys(), scores.tolist()))
             self.num_scored += len(rows)
         return np.array([self._cache[k] for k in keys], dtype=np.float64)
 
 
-def _as_objective(space: SearchSpace, score_fn: ScoreFn | Objective, score_input: str) -> Objective:
+def _as_objective(space: SearchSpace, score_fn: ScoreFn | Objective) -> Objective:
     if isinstance(score_fn, Objective):
         if score_fn.space.hash != space.hash:
             raise ValueError(f"objective is for space '{score_fn.space.name}' ({score_fn.space.hash}), "
                              f"not '{space.name}' ({space.hash})")
         return score_fn
-    return Objective(space, score_fn, score_input)
+    return Objective(space, score_fn)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,17 +279,6 @@ def repair(space: SearchSpace, idx: np.ndarray, max_mflops: float | np.ndarray, 
         raise ValueError(f"budget {float(budget[over[0]]):g} MFLOPs is below the smallest subnet of space "
                          f"'{space.name}' ({lo:.4g} MFLOPs)")
     return idx, flops
-
-
-def _mutate(parents: np.ndarray, sizes: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    """Each gene switches to another option with probability `prob` (genes with one option never change)."""
-    change = (rng.random(parents.shape) < prob) & (sizes > 1)
-    shift = 1 + (rng.random(parents.shape) * np.maximum(sizes - 1, 1)).astype(np.int64)  # never the same option
-    return np.where(change, (parents + shift) % sizes, parents)
-
-
-def _crossover(a: np.ndarray, b: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    return np.where(rng.random(a.shape) < prob, a, b)
 
 
 def _unique_rows(idx: np.ndarray) -> np.ndarray:
@@ -357,7 +345,7 @@ def evolve(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops: float,
            **options: Any) -> tuple[Arch, float, float]:
     """Best arch found with MFLOPs <= `max_mflops`: returns `(arch, mflops, score)`.
 
-    `score_fn` maps a list of `Arch` (or, with `score_input="indices"`, a gene-index array) to scores, higher is
+    `score_fn` maps a list of `Arch` (a gene-index array if it is an `IndexScorer`) to scores, higher is
     better. Deterministic for a seed. Options: see `EvolutionOptions`. A budget above the largest subnet is
     clamped to it (the max arch is then in the initial population); a budget below the smallest raises
     ValueError naming the smallest subnet's MFLOPs.
@@ -369,8 +357,9 @@ def evolve(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops: float,
 def evolve_search(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops: float, seed: int = 0,
                   **options: Any) -> EvolutionResult:
     """`evolve` with the full result: top-k candidates, counts, timing and the per-generation best score."""
+    score_fn, options = _scorer_and_options(score_fn, options)
     opts: EvolutionOptions = _make_options(EvolutionOptions, options)
-    objective = _as_objective(space, score_fn, opts.score_input)
+    objective = _as_objective(space, score_fn)
     budget = check_budget(space, max_mflops, opts.num_classes)
     rng = np.random.Generator(np.random.PCG64(seed))
     sizes = np.asarray(space.gene_sizes(), dtype=np.int64)
@@ -399,9 +388,9 @@ def evolve_search(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops:
     for _ in _progress(range(opts.generations), opts.progress, f"evolve <= {budget:g} MFLOPs"):
         order = _rank(scores, flops)[:n_parents]
         parents = pop[order]
-        mutants = _mutate(parents[rng.integers(len(parents), size=n_mutants)], sizes, opts.mutate_prob, rng)
-        crossovers = _crossover(parents[rng.integers(len(parents), size=n_crossovers)],
-                                parents[rng.integers(len(parents), size=n_crossovers)], opts.crossover_prob, rng)
+        mutants = mutate_indices(parents[rng.integers(len(parents), size=n_mutants)], sizes, opts.mutate_prob, rng)
+        crossovers = crossover_indices(parents[rng.integers(len(parents), size=n_crossovers)],
+                                       parents[rng.integers(len(parents), size=n_crossovers)], opts.crossover_prob, rng)
         children, _ = repair(space, np.concatenate([mutants, crossovers]), budget, rng, opts.num_classes)
         pop = fill(_unique_rows(np.concatenate([parents, children])))
         flops = count_flops_batch(space, pop, opts.num_classes)
@@ -458,8 +447,9 @@ def pareto_search(space: SearchSpace, score_fn: ScoreFn | Objective, seed: int =
     FLOPs target so the low buckets fill) and keeps the `elites_per_bucket` best of every bucket. The front is the
     non-dominated set of every arch scored. Deterministic for a seed. Options: see `ParetoOptions`.
     """
+    score_fn, options = _scorer_and_options(score_fn, options)
     opts: ParetoOptions = _make_options(ParetoOptions, options)
-    objective = _as_objective(space, score_fn, opts.score_input)
+    objective = _as_objective(space, score_fn)
     lo, hi = flops_range(space, opts.num_classes)
     if opts.min_mflops is not None:
         lo = max(lo, float(opts.min_mflops))
@@ -508,9 +498,9 @@ def pareto_search(space: SearchSpace, score_fn: ScoreFn | Objective, seed: int =
     n_crossovers = opts.population - n_mutants
     n_shrink = int(round(opts.population * opts.shrink_ratio))
     for _ in _progress(range(opts.generations), opts.progress, "pareto front"):
-        mutants = _mutate(archive[rng.integers(len(archive), size=n_mutants)], sizes, opts.mutate_prob, rng)
-        crossovers = _crossover(archive[rng.integers(len(archive), size=n_crossovers)],
-                                archive[rng.integers(len(archive), size=n_crossovers)], opts.crossover_prob, rng)
+        mutants = mutate_indices(archive[rng.integers(len(archive), size=n_mutants)], sizes, opts.mutate_prob, rng)
+        crossovers = crossover_indices(archive[rng.integers(len(archive), size=n_crossovers)],
+                                       archive[rng.integers(len(archive), size=n_crossovers)], opts.crossover_prob, rng)
         children = np.concatenate([mutants, crossovers])
         budgets = np.full(len(children), hi)
         shrink = rng.permutation(len(children))[:n_shrink]
@@ -536,15 +526,3 @@ def pareto_search(space: SearchSpace, score_fn: ScoreFn | Objective, seed: int =
         seconds=time.perf_counter() - start,
     )
 
-
-def choose_per_budget(measured: Sequence[dict[str, Any]], budgets: Sequence[float]) -> dict[float, dict[str, Any]]:
-    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted"):
-    the best held-out top-1 within the budget; at equal top-1 the one with fewer MFLOPs, which dominates it,
-    then the higher predicted score. Raises ValueError naming a budget that no candidate fits."""
-    chosen = {}
-    for b in budgets:
-        fits = [row for row in measured if row["mflops"] <= b]
-        if not fits:
-            raise ValueError(f"no measured arch fits the budget of {b:g} MFLOPs")
-        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row["mflops"], row["predicted"]))
-    return chosen

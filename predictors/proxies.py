@@ -23,24 +23,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from attentive.calibration import preserved_bn_state
+from attentive.select import SearchObjective
 from attentive.space import Arch, SearchSpace
 from attentive.static import StaticNet
 
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module, train: bool) -> Iterator[nn.Module]:
-    """Run in train/eval mode; restore every module's mode and all buffers (BN running stats) on exit."""
-    modes = {m: m.training for m in model.modules()}
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    model.train(train)
-    try:
+    """Run in train/eval mode; every module's mode and BN running statistics are restored on exit."""
+    with preserved_bn_state(model):
+        model.train(train)
         yield model
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
@@ -168,3 +162,26 @@ def nasi_penalized(score: float | np.ndarray, mu: float, nu: float) -> float | n
     s = np.asarray(score, dtype=np.float64)
     out = s - mu * np.maximum(0.0, s - nu)
     return float(out) if out.ndim == 0 else out
+
+
+NASI_NU_ARCHS, NASI_NU_QUANTILE = 16, 0.9
+
+
+def nasi_objective(space: SearchSpace, proxy: str, dataset: Dataset, batch_size: int, mu: float = 2.0,
+                   nu: float | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                   num_classes: int | None = None) -> SearchObjective:
+    """The search objective of a training-free proxy, NASI's penalized form `s - mu * max(s - nu, 0)` of the
+    proxy `s` on one seeded minibatch of `batch_size` images of `dataset` (at most its size). Without `nu`, the
+    threshold is the 0.9 quantile of the proxy over 16 random archs drawn with `seed`."""
+    images, labels = random_minibatch(dataset, min(batch_size, len(dataset)), seed)
+
+    def raw(archs: Sequence[Arch]) -> np.ndarray:
+        return score_archs(space, archs, proxy, images, labels, seed=seed, device=device, num_classes=num_classes)
+
+    if nu is None:
+        rng = np.random.Generator(np.random.PCG64(seed))
+        sample = [space.arch_from_indices(r) for r in space.sample_indices(rng, NASI_NU_ARCHS)]
+        nu = float(np.quantile(raw(sample), NASI_NU_QUANTILE))
+    return SearchObjective(lambda archs: nasi_penalized(raw(archs), mu, nu),
+                           f"proxy {proxy}, NASI penalty mu={mu:g} nu={nu:.6g}", predicts_accuracy=False,
+                           expensive=True)

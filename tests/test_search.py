@@ -1,4 +1,6 @@
-"""Evolutionary and Pareto search (attentive.search) and the search.py command line."""
+"""Evolutionary and Pareto search (attentive.search), search-and-select (attentive.select), reports
+(attentive.report) and the search.py command line."""
+import csv
 import json
 
 import numpy as np
@@ -10,8 +12,12 @@ from attentive import Supernet, count_flops, count_flops_batch, load_space
 from attentive.checkpoint import save_atomic
 from attentive.data import calibration_batches, datasets_from_config
 from attentive.export import load_subnet
+from attentive.fileio import BadFileError
+from attentive.mutation import crossover_indices, mutate_indices
+from attentive.scoring import IndexScorer
 from attentive.search import (Objective, evolve, evolve_search, flops_range, hypervolume, non_dominated,
                               pareto_search, repair)
+from attentive.select import SearchObjective, SelectOptions, selection_data
 from attentive.space import Arch, space_from_dict
 
 
@@ -41,7 +47,7 @@ def brute():
     def score(idx):
         return sum(t[idx[:, g]] for g, t in enumerate(tables))
 
-    return space, every, count_flops_batch(space, every), score(every), score
+    return space, every, count_flops_batch(space, every), score(every), IndexScorer(score)
 
 
 @pytest.mark.parametrize("quantile", [5, 30, 60, 95])
@@ -49,7 +55,7 @@ def test_evolve_reaches_brute_force_optimum(brute, quantile):
     space, every, flops, scores, score = brute
     budget = float(np.percentile(flops, quantile))
     best = scores[flops <= budget].max()
-    arch, mflops, value = evolve(space, score, budget, seed=0, score_input="indices")
+    arch, mflops, value = evolve(space, score, budget, seed=0)
     assert value == pytest.approx(best, abs=1e-9)
     assert mflops <= budget
     assert mflops == pytest.approx(count_flops(space, arch))
@@ -59,11 +65,24 @@ def test_evolve_reaches_brute_force_optimum(brute, quantile):
 def test_evolve_is_deterministic_for_a_seed(brute):
     space, _, flops, _, score = brute
     budget = float(np.median(flops))
-    kw = dict(score_input="indices", generations=6, top_k=5)
+    kw = dict(generations=6, top_k=5)
     a, b = evolve_search(space, score, budget, seed=3, **kw), evolve_search(space, score, budget, seed=3, **kw)
     assert a.top == b.top and a.history == b.history and a.num_seen == b.num_seen
     c = evolve_search(space, score, budget, seed=4, **kw)
     assert c.history != a.history  # another seed is another run
+
+
+def test_deprecated_score_input_still_works(brute):
+    """The old spelling score_input="indices" wraps the function in an IndexScorer: the same run, with a warning."""
+    space, _, flops, _, score = brute
+    budget = float(np.median(flops))
+    new = evolve_search(space, score, budget, seed=3, generations=4, top_k=3)
+    with pytest.warns(DeprecationWarning, match="score_input is deprecated"):
+        old = evolve_search(space, score.fn, budget, seed=3, generations=4, top_k=3, score_input="indices")
+    assert old.top == new.top and old.history == new.history
+    with pytest.warns(DeprecationWarning):
+        front = pareto_search(space, score.fn, seed=0, generations=2, population=32, score_input="indices")
+    assert front.front == pareto_search(space, score, seed=0, generations=2, population=32).front
 
 
 def test_score_fn_gets_archs_by_default(brute):
@@ -87,14 +106,14 @@ def test_never_over_budget_and_top_k_distinct(space):
 
     lo, hi = flops_range(space)
     for budget in (lo, lo + 0.1 * (hi - lo), 0.5 * (lo + hi)):
-        r = evolve_search(space, bigger_is_better, budget, seed=1, generations=3, population=32, top_k=8,
-                          score_input="indices")
+        r = evolve_search(space, IndexScorer(bigger_is_better), budget, seed=1, generations=3, population=32,
+                          top_k=8)
         assert all(c.mflops <= budget for c in r.top)
         assert all(count_flops(space, c.arch) <= budget for c in r.top)
         assert len({c.arch for c in r.top}) == len(r.top)
         assert [c.score for c in r.top] == sorted((c.score for c in r.top), reverse=True)
     # At the smallest budget only the min arch fits.
-    assert evolve(space, bigger_is_better, lo, score_input="indices", generations=1)[0] == space.min_arch()
+    assert evolve(space, IndexScorer(bigger_is_better), lo, generations=1)[0] == space.min_arch()
 
 
 def test_repair_is_bounded_and_ends_at_min_arch(space):
@@ -121,8 +140,7 @@ def test_budget_errors_and_clamping():
         with pytest.raises(ValueError, match="positive number"):
             evolve(space, lambda a: np.zeros(len(a)), bad)
     # A budget above the largest subnet searches the whole space: a monotone score gets the max arch.
-    r = evolve_search(space, lambda idx: count_flops_batch(space, idx), hi * 10, generations=1,
-                      score_input="indices")
+    r = evolve_search(space, IndexScorer(lambda idx: count_flops_batch(space, idx)), hi * 10, generations=1)
     assert r.best.arch == space.max_arch() and r.max_mflops == pytest.approx(hi)
 
 
@@ -148,9 +166,9 @@ def test_objective_scores_each_arch_once():
         calls.append(len(idx))
         return count_flops_batch(space, idx)
 
-    objective = Objective(space, score, "indices")
-    r1 = evolve_search(space, objective, 5, generations=5, score_input="indices")
-    r2 = evolve_search(space, objective, 5, generations=5, score_input="indices")  # same seed: all cached
+    objective = Objective(space, IndexScorer(score))
+    r1 = evolve_search(space, objective, 5, generations=5)
+    r2 = evolve_search(space, objective, 5, generations=5)  # same seed: all cached
     assert sum(calls) == objective.num_scored == r1.num_scored and r2.num_scored == 0
     assert r1.top == r2.top
 
@@ -170,14 +188,14 @@ def test_pareto_search_matches_brute_force_front(brute):
     reference = (float(flops.max()), float(scores.min()))
     true = non_dominated(flops, scores)
     true_hv = hypervolume(flops[true], scores[true], reference)
-    result = pareto_search(space, score, seed=0, score_input="indices", reference_score=reference[1])
+    result = pareto_search(space, score, seed=0, reference_score=reference[1])
     assert result.reference == reference
     assert result.hypervolume >= 0.995 * true_hv
     front_f = np.array([c.mflops for c in result.front])
     front_s = np.array([c.score for c in result.front])
     assert np.all(np.diff(front_f) > 0) and np.all(np.diff(front_s) > 0)  # sorted and non-dominated
     assert front_f[0] == pytest.approx(flops.min()) and front_s[-1] == pytest.approx(scores.max())
-    again = pareto_search(space, score, seed=0, score_input="indices", reference_score=reference[1])
+    again = pareto_search(space, score, seed=0, reference_score=reference[1])
     assert again.front == result.front and again.hypervolume == result.hypervolume
 
 
@@ -224,7 +242,7 @@ def test_cli_end_to_end(checkpoint, tmp_path):
     args = _args("--checkpoint", checkpoint, "--budgets", ",".join(map(str, budgets)), "--out", out,
                  "--calib-batches", 2, "--top-k", 3, "--front-measure", 4, "--no-onnx", "--no-progress",
                  "--generations", 6, "--population", 64, "--holdout-size", 24)
-    summary = search_cli.run(args, score_fn=_stand_in(space), score_input="indices")
+    summary = search_cli.run(args, SearchObjective(IndexScorer(_stand_in(space)), "score function given by the caller"))
 
     rows = json.loads((out / "pareto.json").read_text())["rows"]
     csv_lines = (out / "pareto.csv").read_text().splitlines()
@@ -290,7 +308,7 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):
     _usage_error(capsys, [*base, "--budgets", "5"], "stores no accuracy predictor", "--predictor", "--proxy")
     _usage_error(capsys, ["--checkpoint", tmp_path / "missing.pt", "--out", out, "--budgets", "5"],
                  "no such checkpoint file")
-    _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of --space attentivenas")
+    _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of space attentivenas")
     big = tmp_path / "big.json"
     big.write_text(space.max_arch().to_json())
     _usage_error(capsys, [*base, "--export-arch", big, "--max-mflops", 5], f"{hi:.4g} MFLOPs, over --max-mflops 5")
@@ -309,11 +327,14 @@ def test_cli_data_is_the_checkpoints_and_calibration_un_augmented(checkpoint, tm
     ckpt = torch.load(checkpoint, weights_only=True)
     assert ckpt["config"]["data"]["augment"] == "basic"
     args = _args("--checkpoint", checkpoint, "--budgets", 5, "--out", tmp_path / "out", "--calib-batches", 2)
-    splits, data_cfg = search_cli.build_data(args, ckpt, 10)
+    splits = search_cli.build_data(args, ckpt, 10)
     expected = datasets_from_config(ckpt["config"]["data"], num_classes=10)
     assert torch.equal(splits.holdout.indices, expected.holdout.indices) and splits.train.pad > 0
-    calib, _, _, _ = search_cli.loaders(args, splits, data_cfg, torch.device("cpu"))
+    options = SelectOptions(calib_batches=2, calib_batch_size=16, holdout_size=5)
+    data = selection_data(splits, options, torch.device("cpu"))
+    calib = data.calib
     assert [x.shape[0] for x in calib] == [16, 16]  # the checkpoint's batch size
+    assert (data.rerank_images, data.holdout_images, data.test_images) == (5, 32, 64) and data.channels_last
     assert all(torch.equal(x, y) for x, y in zip(calib, calibration_batches(expected, 16, 2, seed=args.seed)))
     plain = torch.stack([splits.train_plain[i][0] for i in range(len(splits.train_plain))])
     assert all(any(torch.equal(image, p) for p in plain) for image in torch.cat(calib))  # none pad-cropped
@@ -358,7 +379,7 @@ def test_cli_training_free_proxy(checkpoint, tmp_path):
 
 
 def test_each_budget_exports_the_best_measured_arch_and_the_cheaper_one_of_a_tie():
-    from attentive.search import choose_per_budget
+    from attentive.select import choose_per_budget
 
     rows = [{"id": "min", "mflops": 1.09, "holdout_top1": 89.45, "predicted": 89.4},
             {"id": "mid", "mflops": 4.98, "holdout_top1": 89.45, "predicted": 91.2},  # ties the min net: not chosen
@@ -368,3 +389,154 @@ def test_each_budget_exports_the_best_measured_arch_and_the_cheaper_one_of_a_tie
     assert {b: r["id"] for b, r in chosen.items()} == {3: "min", 5: "min", 7: "mid_better", 8: "big"}
     with pytest.raises(ValueError, match="budget of 1 MFLOPs"):
         choose_per_budget(rows, [1])
+
+
+# ---- refusals of bad files: exit 2, the file named --------------------------------------------------------------
+def _refused(capsys, argv, path, *fragments):
+    assert search_cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "search.py: error: " in err
+    assert str(path) in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_cli_refuses_bad_checkpoints_by_name(checkpoint, tmp_path, capsys):
+    base = ["--out", tmp_path / "out", "--budgets", "5", "--proxy", "ntk"]
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    _refused(capsys, ["--checkpoint", truncated, *base], truncated, "not a readable checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    _refused(capsys, ["--checkpoint", foreign, *base], foreign, "not an attentive supernet checkpoint")
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["space"]["stages"][0]["kernel_sizes"] = [3]  # edited space: its hash no longer matches
+    tampered = tmp_path / "tampered.pt"
+    save_atomic(ckpt, tampered)
+    _refused(capsys, ["--checkpoint", tampered, *base], tampered, "edited")
+    no_data = tmp_path / "no_data.pt"
+    save_atomic({**torch.load(checkpoint, weights_only=True), "config": {}}, no_data)
+    _refused(capsys, ["--checkpoint", no_data, *base], no_data, "config['data']")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_bad_predictors_and_arch_files_by_name(checkpoint, tmp_path, capsys):
+    xgb = pytest.importorskip("predictors.xgb")
+    space = load_space("tiny")
+    idx = space.sample_indices(np.random.default_rng(0), 40)
+    good = tmp_path / "pred"
+    xgb.AccuracyPredictor.fit(space, idx, np.arange(40.0), params={"n_estimators": 5}).save(good)
+    base = ["--checkpoint", checkpoint, "--out", tmp_path / "out", "--budgets", "5", "--predictor"]
+    _refused(capsys, [*base, tmp_path / "missing"], tmp_path / "missing", "no such predictor directory")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name in ("model.json", "meta.json"):
+        (truncated / name).write_bytes((good / name).read_bytes())
+    (truncated / "model.json").write_bytes((good / "model.json").read_bytes()[:100])
+    _refused(capsys, [*base, truncated], truncated / "model.json", "not JSON")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.json").write_text("{}")
+    (foreign / "meta.json").write_text(json.dumps({"format": "something else"}))
+    _refused(capsys, [*base, foreign], foreign / "meta.json", "not an attentive accuracy predictor")
+
+    export = ["--checkpoint", checkpoint, "--out", tmp_path / "one", "--max-mflops", "50", "--export-arch"]
+    _refused(capsys, [*export, tmp_path / "none.json"], tmp_path / "none.json", "arch file not found")
+    not_json = tmp_path / "arch.json"
+    not_json.write_text('{"depth": [1, ')
+    _refused(capsys, [*export, not_json], not_json, "not a readable JSON arch file")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "one").exists()
+
+
+# ---- the library behind search.py: attentive.select, attentive.report, attentive.mutation ----------------------
+def test_mutation_draws_are_pinned():
+    """The one mutation of gene-index arrays (searches and in-bucket sampling): two rng.random(shape) draws, in
+    this order; genes with one option never change, a changed gene never keeps its option."""
+    rng = np.random.Generator(np.random.PCG64(0))
+    rows, sizes = np.array([[0, 1, 2, 0], [3, 0, 1, 0]]), np.array([4, 2, 3, 1])
+    assert mutate_indices(rows, sizes, 0.5, rng).tolist() == [[0, 0, 1, 0], [3, 0, 1, 0]]
+    assert crossover_indices(rows, rows[::-1], 0.5, rng).tolist() == [[3, 0, 2, 0], [3, 0, 2, 0]]
+    assert rng.random() == 0.6153851114812539  # exactly 2 * 8 + 8 numbers drawn before
+    many = np.random.Generator(np.random.PCG64(1)).integers(0, sizes, size=(500, 4))
+    mutated = mutate_indices(many, sizes, 1.0, np.random.Generator(np.random.PCG64(2)))
+    assert (mutated[:, 3] == 0).all() and (mutated[:, :3] != many[:, :3]).all() and (mutated < sizes).all()
+
+
+def test_check_budgets_and_read_arch_file(tmp_path):
+    from attentive.select import check_budgets, read_arch_file
+
+    space = load_space("tiny")
+    lo, _ = flops_range(space)
+    assert check_budgets(space, [5, 2, 5.0, 3]) == [2.0, 3.0, 5.0]
+    with pytest.raises(ValueError, match="below the smallest subnet"):
+        check_budgets(space, [5, lo / 2])
+    row = tmp_path / "row.json"
+    row.write_text(json.dumps({"id": 3, "arch": space.max_arch().to_dict(), "mflops": 1.0}))  # a pareto.json row
+    assert read_arch_file(row, space) == space.max_arch()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**space.min_arch().to_dict(), "resolution": 32}))
+    with pytest.raises(BadFileError, match="resolution 32 not allowed") as e:
+        read_arch_file(bad, space)
+    assert e.value.path == bad
+
+
+def test_candidate_rows_roles_scores_and_fronts():
+    from attentive.select import SelectOptions, candidate_rows, mark_fronts, search_budgets
+
+    space = load_space("tiny")
+    objective = Objective(space, IndexScorer(_stand_in(space)))
+    options = SelectOptions(top_k=3, front_measure=4, population=16, generations=2, progress=False)
+    searched = search_budgets(space, objective, [2.0, 5.0], options)
+    assert list(searched.per_budget) == [2.0, 5.0] and searched.evolution_options == {"population": 16,
+                                                                                    "generations": 2}
+    rows = candidate_rows(space, 10, objective, searched, options.front_measure)
+    assert sorted(r["id"] for r in rows) == list(range(len(rows)))
+    assert rows == sorted(rows, key=lambda r: (r["mflops"], r["id"]))
+    by_arch = {Arch.from_dict(r["arch"]): r for r in rows}
+    assert "min" in by_arch[space.min_arch()]["roles"] and "max" in by_arch[space.max_arch()]["roles"]
+    for b, result in searched.per_budget.items():
+        for k, c in enumerate(result.top):
+            assert f"top{k + 1}@{b:g}" in by_arch[c.arch]["roles"] and by_arch[c.arch]["mflops"] <= b
+    assert 1 <= sum("front" in r["roles"] for r in rows) <= 4
+    assert {Arch.from_dict(r["arch"]) for r in rows} >= {c.arch for c in searched.front.front}
+    for r in rows:  # every predicted score is the objective's, and MFLOPs/params are the counters'
+        arch = Arch.from_dict(r["arch"])
+        assert r["predicted"] == objective(np.array([space.arch_to_indices(arch)]))[0]
+        assert r["mflops"] == count_flops(space, arch, 10)
+
+    table = [{"mflops": f, "predicted": p, "holdout_top1": h, "on_front": False, "on_predicted_front": False}
+             for f, p, h in [(1, 10, 50), (2, 12, 49), (3, 11, None), (4, 13, 60)]]
+    mark_fronts(table)
+    assert [r["on_predicted_front"] for r in table] == [True, True, False, True]
+    assert [r["on_front"] for r in table] == [True, False, False, True]
+
+
+def test_report_files_and_text(tmp_path):
+    from attentive.report import CSV_COLUMNS, budget_dir_name, format_summary, rows_to_csv, write_pareto
+
+    arch = load_space("tiny").min_arch().to_dict()
+    rows = [{"id": 0, "arch": arch, "mflops": 1.0859681, "mparams": 0.25, "predicted": 53.2, "holdout_top1": 4.16666,
+             "test_top1": None, "roles": ["min", "front"], "on_front": True, "on_predicted_front": True,
+             "exported_for_mflops": [2.0, 2.5]},
+            {"id": 1, "arch": arch, "mflops": 3.0, "mparams": 0.5, "predicted": None, "holdout_top1": None,
+             "test_top1": None, "roles": [], "on_front": False, "on_predicted_front": False,
+             "exported_for_mflops": []}]
+    lines = rows_to_csv(rows).splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS)
+    assert lines[1].startswith("0,1.085968,0.250000,53.200000,4.1667,,1,1,min;front,2;2.5,")
+    assert lines[2].startswith("1,3.000000,0.500000,,,,0,0,,,")
+    assert json.loads(next(csv.reader(lines[1:2]))[-1]) == arch
+    write_pareto(tmp_path, rows, [2.0, 2.5], space_name="tiny", space_hash="abc", objective="stand-in",
+                 predicted_is_accuracy=True)
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    assert pareto["rows"] == rows and pareto["columns"] == list(CSV_COLUMNS) and pareto["predicted_is_accuracy"]
+    assert (tmp_path / "pareto.csv").read_text() == rows_to_csv(rows)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert budget_dir_name(2.5) == "subnet_2.5mflops" and budget_dir_name(100.0) == "subnet_100mflops"
+    summary = {"budgets": {"2.5": {"dir": "subnet_2.5mflops", "mflops": 1.0859681, "fvcore_mflops": 1.0859681,
+                                   "mparams": 0.25, "predicted": None, "holdout_top1": 4.16666, "test_top1": 7.0}},
+               "predicted_front": {"hypervolume": 67.4812}, "measured_front": {"hypervolume": 114.6}, "seconds": 14.26}
+    assert format_summary(summary).splitlines() == [
+        "  budget   MFLOPs   fvcore  Mparams    pred  held-out    test  dir",
+        "     2.5    1.086    1.086    0.250              4.17    7.00  subnet_2.5mflops",
+        "predicted front hypervolume 67.48; measured front hypervolume 114.6; total 14.3s"]

@@ -1,0 +1,395 @@
+"""Search-and-select: from a trained supernet and a fast objective to one measured, exported subnet per FLOPs
+budget. This is the library behind ``search.py``.
+
+1. `search_budgets`: for each budget, evolution under the FLOPs constraint (attentive.search.evolve_search) keeps
+   the top-K archs; a whole-front search (attentive.search.pareto_search) traces the predicted front over the
+   space's FLOPs range. One cached `Objective` is shared, so no arch is scored twice.
+2. `candidate_rows`: what to measure: the top-K of every budget, the min and max nets and `front_measure` archs
+   spread along the predicted front (the rest of the front is kept in the table, unmeasured).
+3. `measure_candidates`: BN recalibrated on training images, top-1 on the held-out split of the training set
+   (attentive.measure.measure_archs).
+4. `choose_per_budget`: for each budget, the measured arch with the best held-out top-1 among all measured archs
+   that fit it (ties: fewer MFLOPs). Only the chosen archs are exported (attentive.export.export_subnet), and only
+   then is their test top-1 measured, for the report (attentive.report).
+
+`search_and_select` runs the whole pipeline into one output directory; `export_arch` exports one given arch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from .checkpoint import load_supernet
+from .data import DataSplits, build_loader, calibration_batches
+from .export import atomic_directory, export_subnet
+from .fileio import BadFileError
+from .flops import count_flops, count_params
+from .measure import measure_archs
+from .report import budget_dir_name, write_pareto, write_summary
+from .scoring import ScoreFn
+from .search import (EvolutionOptions, EvolutionResult, Objective, ParetoOptions, ParetoResult, check_budget,
+                     evolve_search, flops_range, hypervolume, non_dominated, pareto_search)
+from .space import Arch, SearchSpace, load_space
+from .supernet import Supernet
+
+# An objective that costs a forward/backward pass of a fresh subnet per arch (training-free proxies) gets far
+# smaller searches than a predictor (thousands of archs per second).
+SMALL_SEARCH = {"population": 16, "generations": 4}
+SMALL_FRONT = {"population": 16, "generations": 3, "num_buckets": 8, "elites_per_bucket": 1}
+
+
+@dataclass(frozen=True)
+class SearchObjective:
+    """The fast objective of a search: `score_fn` (higher is better; an `IndexScorer` gets gene-index arrays),
+    a description for the reports, and whether its scores are accuracies (then the plot shows the predicted front
+    on the top-1 axis)."""
+
+    score_fn: ScoreFn
+    description: str
+    predicts_accuracy: bool = True
+    expensive: bool = False  # True: use SMALL_SEARCH / SMALL_FRONT unless the population/generations are given
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """Everything `search_and_select` and `export_arch` need besides the supernet, objective and data."""
+
+    budgets: tuple[float, ...] = ()
+    top_k: int = 5  # candidates per budget re-ranked by held-out top-1
+    front_measure: int = 8  # archs of the predicted front also measured
+    population: int | None = None  # evolution and front population (default: the search's, or SMALL_* if expensive)
+    generations: int | None = None
+    seed: int = 0
+    calib_batches: int = 16
+    calib_batch_size: int = 128
+    eval_batch_size: int = 256
+    holdout_size: int | None = None  # held-out images used to re-rank (None: the whole held-out split)
+    onnx: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SelectionData:
+    """The batches and loaders of a selection, all from the checkpoint's splits."""
+
+    calib: list[torch.Tensor]  # BN recalibration batches (un-augmented training images)
+    rerank: DataLoader  # held-out images that re-rank candidates (maybe a prefix of the held-out split)
+    holdout: DataLoader  # the whole held-out split: exported subnets
+    test: DataLoader
+    rerank_images: int
+    holdout_images: int
+    test_images: int
+    channels_last: bool  # ~2x faster convs on CPU; numbers unchanged
+
+
+@dataclass
+class BudgetSearch:
+    """Step 1's results: one evolution per budget, and the predicted front."""
+
+    per_budget: dict[float, EvolutionResult]
+    front: ParetoResult
+    evolution_options: dict[str, Any] = field(default_factory=dict)
+    front_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def check_budgets(space: SearchSpace, budgets: Sequence[float], num_classes: int | None = None) -> list[float]:
+    """The budgets sorted and deduplicated. ValueError naming the smallest subnet for a budget below it."""
+    for b in budgets:
+        check_budget(space, b, num_classes)
+    return sorted(set(float(b) for b in budgets))
+
+
+def load_search_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                           space: str | Path | None = None) -> tuple[Supernet, dict[str, Any]]:
+    """(supernet in eval mode, checkpoint dict) of a training checkpoint to search. Raises `BadFileError` naming
+    the file for what `load_supernet` refuses and for a checkpoint without its data config (the held-out split
+    could not be rebuilt); ValueError if `space` (a space name or YAML path) is given and is not its space."""
+    supernet, ckpt = load_supernet(path, map_location=device)
+    if space is not None:
+        wanted = load_space(space)
+        if wanted.hash != supernet.space.hash:
+            raise ValueError(f"{path} is a supernet of space '{supernet.space.name}' ({supernet.space.hash}), not "
+                             f"of space {space} ({wanted.hash})")
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt["config"].get("data"), dict):
+        raise BadFileError(path, "has no config['data'] (written by train.py?): the held-out split cannot be rebuilt")
+    return supernet.eval(), ckpt
+
+
+def read_arch_file(path: str | Path, space: SearchSpace) -> Arch:
+    """An arch from a JSON file: an arch dict, or any dict with an "arch" key (a pareto.json row, metrics.json).
+    Raises `BadFileError` naming the file when it is missing, not JSON, or not an arch of `space`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadFileError(path, "arch file not found") from None
+    except (OSError, ValueError) as e:
+        raise BadFileError(path, f"not a readable JSON arch file ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+        data = data["arch"]
+    try:
+        return space.validate(Arch.from_dict(data))
+    except (TypeError, ValueError, KeyError) as e:
+        raise BadFileError(path, f"not an arch of space '{space.name}': {e}") from None
+
+
+def selection_data(splits: DataSplits, options: SelectOptions, device: torch.device) -> SelectionData:
+    """Calibration batches (seeded by `options.seed`) and evaluation loaders of `splits`."""
+    calib = calibration_batches(splits, min(options.calib_batch_size, len(splits.train_plain)),
+                                options.calib_batches, seed=options.seed)
+    holdout = build_loader(splits.holdout, options.eval_batch_size, train=False)
+    test = build_loader(splits.test, options.eval_batch_size, train=False)
+    rerank_set = splits.holdout
+    if options.holdout_size is not None and options.holdout_size < len(splits.holdout):
+        rerank_set = Subset(splits.holdout, range(options.holdout_size))  # the split is a seeded random subset
+    rerank = build_loader(rerank_set, options.eval_batch_size, train=False)
+    return SelectionData(calib=calib, rerank=rerank, holdout=holdout, test=test, rerank_images=len(rerank_set),
+                         holdout_images=len(splits.holdout), test_images=len(splits.test),
+                         channels_last=torch.device(device).type == "cpu")
+
+
+def checkpoint_provenance(checkpoint: str | Path, ckpt: Mapping[str, Any], options: SelectOptions) -> dict[str, Any]:
+    """What every export records about its origin: checkpoint, epoch, calibration, seed and the data config."""
+    return {"checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"),
+            "calib_batches": options.calib_batches, "seed": options.seed,
+            "data": {k: v for k, v in ckpt["config"]["data"].items() if isinstance(v, (str, int, float, type(None)))}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1-2. Search, and the candidates to measure
+
+
+def search_options(options: SelectOptions, expensive: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword options of evolve_search and pareto_search: the library defaults (SMALL_* for an expensive
+    objective), with `options.population` / `options.generations` when given."""
+    evolution: dict[str, Any] = dict(SMALL_SEARCH) if expensive else {}
+    front: dict[str, Any] = dict(SMALL_FRONT) if expensive else {}
+    for kw in (evolution, front):
+        kw.update({k: v for k, v in (("population", options.population), ("generations", options.generations))
+                   if v is not None})
+    return evolution, front
+
+
+def search_budgets(space: SearchSpace, objective: Objective, budgets: Sequence[float], options: SelectOptions,
+                   num_classes: int | None = None, expensive: bool = False) -> BudgetSearch:
+    """Evolution per budget (top `options.top_k`), then the predicted front, all on one cached `objective`."""
+    evolution, front_kw = search_options(options, expensive)
+    per_budget = {}
+    for b in budgets:
+        r = evolve_search(space, objective, b, seed=options.seed, top_k=options.top_k, num_classes=num_classes,
+                          progress=options.progress, **evolution)
+        per_budget[b] = r
+        _log(f"budget {b:g} MFLOPs: {r.generations} generations, {r.num_seen} archs scored "
+             f"({r.archs_per_second:,.0f}/s, {r.seconds:.2f}s); best predicted {r.best.score:.3f} at "
+             f"{r.best.mflops:.4g} MFLOPs")
+    front = pareto_search(space, objective, seed=options.seed, num_classes=num_classes, progress=options.progress,
+                          **front_kw)
+    lo, hi = flops_range(space, num_classes)
+    _log(f"predicted front: {len(front.front)} archs over {lo:.4g}..{hi:.4g} MFLOPs, hypervolume "
+         f"{front.hypervolume:.4g}, {front.num_seen} archs scored in {front.seconds:.2f}s")
+    return BudgetSearch(per_budget, front, evolution, front_kw)
+
+
+def candidate_rows(space: SearchSpace, num_classes: int, objective: Objective, searched: BudgetSearch,
+                   front_measure: int) -> list[dict[str, Any]]:
+    """Every arch the searches returned as a report row (see attentive.report), sorted by (MFLOPs, id). Rows
+    with roles are to be measured: "min", "max", "top<k>@<budget>", "front" (`front_measure` archs evenly
+    spaced along the predicted front)."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(arch: Arch, predicted: float | None, role: str | None = None) -> None:
+        row = rows.get(arch.to_json())
+        if row is None:
+            row = rows[arch.to_json()] = {
+                "id": len(rows), "arch": arch.to_dict(), "mflops": count_flops(space, arch, num_classes),
+                "mparams": count_params(space, arch, num_classes), "predicted": predicted, "holdout_top1": None,
+                "test_top1": None, "roles": [], "on_front": False, "on_predicted_front": False,
+                "exported_for_mflops": []}
+        if predicted is not None:
+            row["predicted"] = predicted
+        if role is not None and role not in row["roles"]:
+            row["roles"].append(role)
+
+    ends = [space.min_arch(), space.max_arch()]
+    end_scores = objective(np.array([space.arch_to_indices(a) for a in ends]))
+    add(ends[0], float(end_scores[0]), "min")
+    add(ends[1], float(end_scores[1]), "max")
+    for b, r in searched.per_budget.items():
+        for rank, c in enumerate(r.top):
+            add(c.arch, c.score, f"top{rank + 1}@{b:g}")
+    front = searched.front.front
+    for c in front:
+        add(c.arch, c.score)
+    if front_measure and front:
+        for i in np.unique(np.linspace(0, len(front) - 1, front_measure).round().astype(int)):
+            add(front[i].arch, front[i].score, "front")
+    return sorted(rows.values(), key=lambda r: (r["mflops"], r["id"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3-4. Measure, choose, mark the fronts
+
+
+def measure_candidates(supernet: nn.Module, rows: Sequence[dict[str, Any]], data: SelectionData,
+                       device: torch.device, progress: bool = True) -> float:
+    """Set each row's "holdout_top1" (BN recalibrated on `data.calib`, top-1 on `data.rerank`); returns the
+    seconds spent. The supernet is left as found."""
+    start = time.perf_counter()
+    measured = measure_archs(supernet, [Arch.from_dict(r["arch"]) for r in rows], data.calib, data.rerank,
+                             device=device, progress=progress, channels_last=data.channels_last)
+    for row, m in zip(rows, measured):
+        row["holdout_top1"] = m["top1"]
+    return time.perf_counter() - start
+
+
+def choose_per_budget(measured: Sequence[Mapping[str, Any]],
+                      budgets: Sequence[float]) -> dict[float, Mapping[str, Any]]:
+    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted"):
+    the best held-out top-1 within the budget; at equal top-1 the one with fewer MFLOPs, which dominates it,
+    then the higher predicted score. Raises ValueError naming a budget that no candidate fits."""
+    chosen = {}
+    for b in budgets:
+        fits = [row for row in measured if row["mflops"] <= b]
+        if not fits:
+            raise ValueError(f"no measured arch fits the budget of {b:g} MFLOPs")
+        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row["mflops"], row["predicted"]))
+    return chosen
+
+
+def mark_fronts(rows: Sequence[dict[str, Any]]) -> None:
+    """Set "on_predicted_front" (non-dominated in MFLOPs x predicted) and "on_front" (in MFLOPs x held-out top-1,
+    measured rows only)."""
+    for flag, key in (("on_predicted_front", "predicted"), ("on_front", "holdout_top1")):
+        scored = [r for r in rows if r[key] is not None]
+        if scored:
+            for i in non_dominated([r["mflops"] for r in scored], [r[key] for r in scored]):
+                scored[i][flag] = True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: DataSplits, options: SelectOptions,
+                      out_dir: str | Path, device: torch.device, *, force: bool = False,
+                      provenance: Mapping[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
+    """Search, measure, choose and export one subnet per budget of `options.budgets` into `out_dir`, with the
+    reports (pareto.csv/json/png, search.json). `out_dir` is written to a temporary sibling and renamed at the
+    end; an existing one is replaced only with `force`. Returns the summary (search.json). `provenance` (e.g.
+    `checkpoint_provenance`) goes into every export's metrics; `started` (perf_counter) is when the caller began,
+    for the total time."""
+    start = time.perf_counter() if started is None else started
+    provenance = dict(provenance or {})
+    space: SearchSpace = supernet.space
+    num_classes = int(supernet.num_classes)
+    budgets = check_budgets(space, options.budgets, num_classes)
+    lo, hi = flops_range(space, num_classes)
+    for b in budgets:
+        if b > hi:
+            _log(f"budget {b:g} MFLOPs is above the largest subnet ({hi:.4g} MFLOPs): searching the whole space")
+    cached = Objective(space, objective.score_fn)
+    searched = search_budgets(space, cached, budgets, options, num_classes, objective.expensive)
+    rows = candidate_rows(space, num_classes, cached, searched, options.front_measure)
+    to_measure = [r for r in rows if r["roles"]]
+    data = selection_data(splits, options, device)
+    measure_seconds = measure_candidates(supernet, to_measure, data, device, options.progress)
+    _log(f"measured {len(to_measure)} archs on the held-out split ({data.rerank_images} images) in "
+         f"{measure_seconds:.1f}s")
+    chosen = choose_per_budget(to_measure, budgets)
+    for b, row in chosen.items():
+        row["exported_for_mflops"].append(b)
+    mark_fronts(rows)
+
+    summary: dict[str, Any] = {"budgets": {}}
+    with atomic_directory(out_dir, force) as tmp:
+        for b in _progress(budgets, options.progress, "export"):
+            row = chosen[b]
+            metrics = export_subnet(
+                tmp / budget_dir_name(b), supernet, Arch.from_dict(row["arch"]), data.calib,
+                holdout_loader=data.holdout, test_loader=data.test, budget=b, device=device, onnx=options.onnx,
+                channels_last=data.channels_last,
+                extra={**provenance, "objective": objective.description, "predicted": row["predicted"],
+                       "search_holdout_top1": row["holdout_top1"], "search_roles": row["roles"],
+                       "rerank_holdout_images": data.rerank_images})
+            row["test_top1"] = metrics["test_top1"]
+            r = searched.per_budget[b]
+            summary["budgets"][f"{b:g}"] = {
+                "dir": budget_dir_name(b), "mflops": metrics["mflops"], "fvcore_mflops": metrics["fvcore_mflops"],
+                "mparams": metrics["mparams"], "predicted": row["predicted"],
+                "holdout_top1": metrics["holdout_top1"], "test_top1": metrics["test_top1"],
+                "search": {"generations": r.generations, "archs_scored": r.num_seen,
+                           "archs_per_second": r.archs_per_second, "seconds": r.seconds,
+                           "clamped_to_mflops": r.max_mflops},
+            }
+        summary.update(_summary(space, num_classes, objective, cached, searched, rows, options, data, (lo, hi),
+                                measure_seconds, provenance.get("checkpoint")))
+        write_pareto(tmp, rows, budgets, space_name=space.name, space_hash=space.hash,
+                     objective=objective.description, predicted_is_accuracy=objective.predicts_accuracy)
+        summary["seconds"] = time.perf_counter() - start
+        write_summary(tmp, summary)
+    return summary
+
+
+def _summary(space: SearchSpace, num_classes: int, objective: SearchObjective, cached: Objective,
+             searched: BudgetSearch, rows: Sequence[dict[str, Any]], options: SelectOptions, data: SelectionData,
+             flops_span: tuple[float, float], measure_seconds: float, checkpoint: Any) -> dict[str, Any]:
+    measured = [r for r in rows if r["holdout_top1"] is not None]
+    reference = (flops_span[1], min(r["holdout_top1"] for r in measured))
+    score_input = "indices" if getattr(objective.score_fn, "accepts_indices", False) else "archs"
+    front = searched.front
+    return {
+        "checkpoint": checkpoint, "space_name": space.name, "space_hash": space.hash,
+        "objective": objective.description, "seed": options.seed, "top_k": options.top_k,
+        "flops_range_mflops": list(flops_span),
+        "evolution_options": {**asdict(EvolutionOptions(**searched.evolution_options)), "top_k": options.top_k,
+                              "num_classes": num_classes, "score_input": score_input, "progress": options.progress},
+        "front_options": {**asdict(ParetoOptions(**searched.front_options)), "num_classes": num_classes,
+                          "score_input": score_input, "progress": options.progress},
+        "predicted_front": {"size": len(front.front), "hypervolume": front.hypervolume,
+                            "reference": list(front.reference), "archs_scored": front.num_seen,
+                            "seconds": front.seconds},
+        "measured_front": {"size": sum(r["on_front"] for r in rows),
+                           "hypervolume": hypervolume([r["mflops"] for r in measured],
+                                                      [r["holdout_top1"] for r in measured], reference),
+                           "reference": list(reference)},
+        "archs_scored_total": cached.num_scored, "objective_seconds": cached.seconds,
+        "archs_measured": len(measured), "measure_seconds": measure_seconds,
+        "rerank_holdout_images": data.rerank_images, "holdout_images": data.holdout_images,
+        "test_images": data.test_images,
+    }
+
+
+def export_arch(supernet: nn.Module, arch: Arch, splits: DataSplits, options: SelectOptions, out_dir: str | Path,
+                device: torch.device, *, max_mflops: float | None = None, force: bool = False,
+                provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Export one given arch (refused with ValueError above `max_mflops`), measured on the held-out and test
+    splits; returns its metrics (metrics.json)."""
+    data = selection_data(splits, options, device)
+    return export_subnet(out_dir, supernet, arch, data.calib, holdout_loader=data.holdout, test_loader=data.test,
+                         budget=max_mflops, device=device, onnx=options.onnx, force=force,
+                         channels_last=data.channels_last, extra=dict(provenance or {}))
+
+
+def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)
