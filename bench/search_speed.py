@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attentive import count_flops_batch, load_space  # noqa: E402
+from attentive.scoring import IndexScorer, predictor_scorer  # noqa: E402
 from attentive.search import EvolutionOptions, Objective, evolve_search, flops_range, pareto_search  # noqa: E402
 
 BUDGETS = (300.0, 450.0, 600.0)  # MFLOPs: AttentiveNAS A1..A6 territory
@@ -40,26 +41,26 @@ def build_objective(space, num_fit: int):
         def stand_in(idx):
             return 80 - 25 * np.exp(-count_flops_batch(space, idx) / 350) + idx @ effects
 
-        return stand_in, "stand-in vectorized scorer (predictors not importable)"
+        return IndexScorer(stand_in), "stand-in vectorized scorer (predictors not importable)"
     rng = np.random.default_rng(0)
     idx = space.sample_indices(rng, num_fit)
     start = time.perf_counter()
     predictor = AccuracyPredictor.fit(space, idx, synthetic_top1(space, idx, rng), seed=0, teacher="gp")
-    return predictor.predict, (f"XGBoost AccuracyPredictor (default params) fit on {num_fit} synthetic archs "
-                               f"in {time.perf_counter() - start:.1f}s")
+    return predictor_scorer(predictor), (f"XGBoost AccuracyPredictor (default params) fit on {num_fit} synthetic "
+                                         f"archs in {time.perf_counter() - start:.1f}s")
 
 
 def speed(space, score_fn, seed: int) -> None:
-    objective = Objective(space, score_fn, "indices")
+    objective = Objective(space, score_fn)
     total = 0.0
     print(f"{'budget':>8} {'gens':>5} {'archs':>7} {'archs/s':>9} {'seconds':>8} {'best MFLOPs':>11} {'predicted':>9}")
     for b in BUDGETS:
-        r = evolve_search(space, objective, b, seed=seed, score_input="indices")
+        r = evolve_search(space, objective, b, seed=seed)
         total += r.seconds
         print(f"{b:8g} {r.generations:5d} {r.num_seen:7d} {r.archs_per_second:9,.0f} {r.seconds:8.2f} "
               f"{r.best.mflops:11.1f} {r.best.score:9.3f}")
     print(f"3 budgets: {total:.2f}s in all (objective calls {objective.seconds:.2f}s)")
-    p = pareto_search(space, objective, seed=seed, score_input="indices")
+    p = pareto_search(space, objective, seed=seed)
     print(f"whole front: {p.generations} generations, {p.num_seen} archs ({p.num_seen / p.seconds:,.0f}/s), "
           f"{p.seconds:.2f}s, {len(p.front)} archs on the front, hypervolume {p.hypervolume:.4g}")
     print(f"total search time {total + p.seconds:.2f}s")
@@ -68,9 +69,9 @@ def speed(space, score_fn, seed: int) -> None:
 def tune(space, score_fn, seeds: int) -> None:
     """Regret (reference best minus found best, predicted top-1 points) averaged over budgets and seeds, for
     options varied one at a time around the defaults. The reference is the best of a long run per budget."""
-    objective = Objective(space, score_fn, "indices")
-    reference = {b: max(evolve_search(space, objective, b, seed=s, population=1024, generations=120,
-                                      score_input="indices").best.score for s in range(2)) for b in BUDGETS}
+    objective = Objective(space, score_fn)
+    reference = {b: max(evolve_search(space, objective, b, seed=s, population=1024, generations=120).best.score
+                        for s in range(2)) for b in BUDGETS}
     defaults = EvolutionOptions()
     grid = {
         "population": [64, 128, 256, 512],
@@ -86,7 +87,7 @@ def tune(space, score_fn, seeds: int) -> None:
             regrets, archs, seconds = [], [], []
             for b in BUDGETS:
                 for s in range(seeds):
-                    r = evolve_search(space, score_fn, b, seed=100 + s, score_input="indices", **{name: v})
+                    r = evolve_search(space, score_fn, b, seed=100 + s, **{name: v})
                     regrets.append(reference[b] - r.best.score)
                     archs.append(r.num_seen)
                     seconds.append(r.seconds)
@@ -100,9 +101,9 @@ def tune_front(space, score_fn) -> None:
     a time around the defaults (same reference point for all: the space's max MFLOPs, the min arch's score)."""
     from attentive.search import ParetoOptions, hypervolume, non_dominated
 
-    objective = Objective(space, score_fn, "indices")
+    objective = Objective(space, score_fn)
     ref_score = float(objective(np.array([space.arch_to_indices(space.min_arch())]))[0])
-    long_run = pareto_search(space, objective, seed=0, population=1024, generations=100, score_input="indices",
+    long_run = pareto_search(space, objective, seed=0, population=1024, generations=100,
                              reference_score=ref_score)
     defaults = ParetoOptions()
     grid = {
@@ -116,8 +117,7 @@ def tune_front(space, score_fn) -> None:
     for name, values in grid.items():
         for v in values:
             for s in range(2):
-                r = pareto_search(space, score_fn, seed=100 + s, score_input="indices", reference_score=ref_score,
-                                  **{name: v})
+                r = pareto_search(space, score_fn, seed=100 + s, reference_score=ref_score, **{name: v})
                 runs.append((name, v, r))
     points = [(c.mflops, c.score) for r in [long_run] + [r for *_, r in runs] for c in r.front]
     f, sc = np.array(points).T
