@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import xgboost as xgb
 
-from attentive.fileio import BadFileError, json_safe, write_bytes_atomic, write_json_atomic
+from attentive.fileio import BadFileError, json_safe, read_json_file, write_bytes_atomic, write_json_atomic
 from attentive.metrics import regression_metrics
 from attentive.predictor import DEFAULT_TEACHER
 from attentive.space import SearchSpace
@@ -184,7 +184,7 @@ class AccuracyPredictor:
             if not path.is_file():
                 raise BadFileError(path, f"predictor file not found (a predictor directory holds {MODEL_FILE} and "
                                          f"{META_FILE})")
-        meta = _read_json(meta_path, meta_path.read_bytes())
+        meta = read_json_file(meta_path, what="predictor metadata file")
         _check_meta(meta, space, where=meta_path)
         model = model_path.read_bytes()
         _read_json(model_path, model)
@@ -217,6 +217,7 @@ class AccuracyPredictor:
 
 
 def _read_json(where: str | Path, data: bytes | str) -> Any:
+    """JSON held in memory (a model file's bytes, a state's strings); files go through fileio.read_json_file."""
     try:
         return json.loads(data)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
