@@ -110,7 +110,10 @@ def _log(msg: str) -> None:
 
 
 def check_budgets(space: SearchSpace, budgets: Sequence[float], num_classes: int | None = None) -> list[float]:
-    """The budgets sorted and deduplicated. ValueError naming the smallest subnet for a budget below it."""
+    """The budgets sorted and deduplicated. ValueError for no budget, or naming the smallest subnet for a budget
+    below it."""
+    if len(budgets) == 0:
+        raise ValueError("no FLOPs budget given")
     for b in budgets:
         check_budget(space, b, num_classes)
     return sorted(set(float(b) for b in budgets))

@@ -149,3 +149,24 @@ def test_random_minibatch_is_seeded():
     assert not torch.equal(a[0], random_minibatch(data, 4, seed=1)[0])
     with pytest.raises(ValueError, match=r"batch_size must be in \[1, 20\]"):
         random_minibatch(data, 21, seed=0)
+
+
+def test_nasi_objective_threshold_is_the_quantile_of_seeded_random_archs(tiny, batch):
+    from torch.utils.data import TensorDataset
+
+    from predictors.proxies import nasi_objective
+
+    dataset = TensorDataset(*batch)
+    objective = nasi_objective(tiny, "grad_norm", dataset, batch_size=100, mu=2.0, seed=3)  # batch clipped to 8
+    images, labels = random_minibatch(dataset, 8, 3)
+    rng = np.random.Generator(np.random.PCG64(3))
+    sample = [tiny.arch_from_indices(r) for r in tiny.sample_indices(rng, 16)]
+    nu = float(np.quantile(score_archs(tiny, sample, "grad_norm", images, labels, seed=3), 0.9))
+    assert objective.description == f"proxy grad_norm, NASI penalty mu=2 nu={nu:.6g}"
+    assert objective.expensive and not objective.predicts_accuracy
+    archs = _small_archs(tiny)
+    raw = score_archs(tiny, archs, "grad_norm", images, labels, seed=3)
+    assert np.array_equal(objective.score_fn(archs), nasi_penalized(raw, 2.0, nu))
+    fixed = nasi_objective(tiny, "grad_norm", dataset, batch_size=8, mu=1.0, nu=0.5, seed=3)
+    assert fixed.description == "proxy grad_norm, NASI penalty mu=1 nu=0.5"
+    np.testing.assert_allclose(fixed.score_fn(archs), np.minimum(raw, 0.5), rtol=0, atol=1e-12)  # mu = 1: capped

@@ -309,6 +309,10 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):
     _usage_error(capsys, ["--checkpoint", tmp_path / "missing.pt", "--out", out, "--budgets", "5"],
                  "no such checkpoint file")
     _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of space attentivenas")
+    _usage_error(capsys, [*base, "--budgets", "5", "--device", "gpu0"], "--device", "unknown device 'gpu0'",
+                 "auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        _usage_error(capsys, [*base, "--budgets", "5", "--device", "cuda:0"], "--device", "CUDA is not available")
     big = tmp_path / "big.json"
     big.write_text(space.max_arch().to_json())
     _usage_error(capsys, [*base, "--export-arch", big, "--max-mflops", 5], f"{hi:.4g} MFLOPs, over --max-mflops 5")
