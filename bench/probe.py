@@ -50,6 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-combined", action="store_true", help="skip the two combined rows")
     p.add_argument("--out", default=None, help="output directory (default: probe/ beside the checkpoint)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the checkpoint config's data.root)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -68,22 +69,25 @@ def check_args(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 def load(path: Path, device: Any) -> tuple[Any, dict]:
-    """(supernet in eval mode, checkpoint dict); a file that is not a readable supernet checkpoint is a usage
-    error naming the file."""
+    """(supernet in eval mode, checkpoint dict); `BadFileError` naming the file when it is not a readable
+    supernet checkpoint of train.py (missing, truncated, foreign, tampered, no data config)."""
     from attentive.checkpoint import load_supernet
+    from attentive.fileio import BadFileError
+
+    supernet, ckpt = load_supernet(path, map_location=device)
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt["config"].get("data"), dict):
+        raise BadFileError(path, "has no config['data'] (not written by train.py?): the held-out split cannot be "
+                                 "rebuilt")
+    return supernet.eval(), ckpt
+
+
+def resolve_device(name: str) -> Any:
+    from attentive.distributed import resolve_device as resolve
 
     try:
-        supernet, ckpt = load_supernet(path, map_location=device)
-    except Exception as e:  # truncated zip, foreign file, missing keys, wrong state dict: all "not a checkpoint"
-        # torch's UnpicklingError text suggests weights_only=False, which is never the fix for a foreign file.
-        opaque = type(e).__name__ in ("UnpicklingError", "EOFError") or not str(e)
-        detail = "truncated, or not a torch checkpoint" if opaque else str(e).splitlines()[0]
-        raise UsageError(f"--checkpoint {path}: not a readable attentive supernet checkpoint "
-                         f"({type(e).__name__}: {detail})") from None
-    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt["config"].get("data"), dict):
-        raise UsageError(f"--checkpoint {path} has no config['data'] (not written by train.py?): the held-out "
-                         f"split cannot be rebuilt")
-    return supernet.eval(), ckpt
+        return resolve(name)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--device: {e}") from None
 
 
 def build_splits(data_cfg: dict, num_classes: int, root: str | None) -> Any:
@@ -157,13 +161,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the plan and write probe.json / probe.csv; `args` already passed check_args."""
-    import torch
-
     from attentive.data import build_loader
     from attentive.probe import probe_plan
 
     checkpoint = Path(args.checkpoint)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     supernet, ckpt = load(checkpoint, device)
     space, num_classes = supernet.space, supernet.num_classes
     data_cfg = ckpt["config"]["data"]
@@ -208,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse's own errors (a non-number, a missing --checkpoint): status 2
         return e.code if isinstance(e.code, int) else 2
+    from attentive.fileio import BadFileError
+
     try:
         check_args(args)
         import torch
@@ -222,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(args)
         finally:
             torch.set_num_threads(threads_before)
-    except UsageError as e:
+    except (UsageError, BadFileError) as e:  # bad input, or an input file that is not what it claims to be
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

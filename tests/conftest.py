@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import attentive
+from attentive.checkpoint import TRAIN_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_VERSION, save_atomic
 
 # The published AttentiveNAS models and their rounded MFLOPs (paper, Table 1 / model zoo).
 ATTENTIVENAS_MODELS = {
@@ -42,3 +43,27 @@ def one_torch_thread():
     yield
     torch.set_num_threads(previous)
 
+
+def tiny_training_checkpoint(path, seed: int = 0):
+    """Write an untrained tiny supernet in the training-checkpoint format (the keys train.py writes that readers
+    use), on synthetic data, without a predictor; returns (path, supernet). The last BN of each block gets random
+    weights so that blocks are not identities."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        supernet = attentive.Supernet("tiny")
+        for block in supernet.blocks:
+            torch.nn.init.normal_(block.bn3.weight, 0.0, 0.5)
+    config = {"data": {"name": "synthetic", "root": str(path.parent / "data"), "holdout_fraction": 0.25,
+                       "split_seed": 0, "image_size": None, "augment": "basic", "batch_size": 16,
+                       "synthetic_num_train": 128, "synthetic_num_test": 64}}
+    save_atomic({"format": TRAIN_CHECKPOINT_FORMAT, "format_version": TRAIN_CHECKPOINT_VERSION,
+                 "model": supernet.state_dict(), "space": supernet.space.to_dict(),
+                 "space_hash": supernet.space.hash, "num_classes": 10, "config": config, "epoch": 0,
+                 "step": 0, "predictor": None}, path)
+    return path, supernet
+
+
+@pytest.fixture(scope="module")
+def supernet_checkpoint(tmp_path_factory):
+    """Path of an untrained tiny supernet checkpoint (see `tiny_training_checkpoint`)."""
+    return tiny_training_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.pt")[0]

@@ -12,7 +12,6 @@ from attentive import load_space
 from attentive.probe import (base_arch, changed_groups, combined_moves, probe_plan, shortcut_changes,
                              single_dimension_moves)
 from attentive.space import space_from_dict
-from test_search import checkpoint  # noqa: F401  (the untrained tiny supernet checkpoint fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -89,7 +88,8 @@ def test_bad_direction():
         single_dimension_moves(space, space.max_arch(), "up")
 
 
-def test_cli_end_to_end(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_cli_end_to_end(supernet_checkpoint, tmp_path, capsys):
+    checkpoint = supernet_checkpoint
     out = tmp_path / "probe"
     argv = ["--checkpoint", str(checkpoint), "--out", str(out), "--calib-batches", "1", "--calib-batch-size", "16",
             "--holdout-images", "24", "--threads", "1", "--no-progress"]
@@ -122,7 +122,8 @@ def test_cli_end_to_end(checkpoint, tmp_path, capsys):  # noqa: F811
         assert [r["label"] for r in csv.DictReader(f)] == [r["label"] for r in rows]
 
 
-def test_cli_usage_errors(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_cli_usage_errors(supernet_checkpoint, tmp_path, capsys):
+    checkpoint = supernet_checkpoint
     def usage(argv, *fragments):
         assert probe_cli.main([str(a) for a in argv]) == 2
         err = capsys.readouterr().err
@@ -134,6 +135,8 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):  # noqa: F811
     usage([], "--checkpoint")
     usage(["--checkpoint", checkpoint, "--calib-batches", "0"], "--calib-batches must be >= 1")
     usage(["--checkpoint", checkpoint, "--holdout-images", "many"], "--holdout-images", "many")
+    usage(["--checkpoint", checkpoint, "--device", "tpu", "--out", tmp_path / "o"], "--device", "'tpu'",
+          "auto, cpu, cuda, cuda:N")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(Path(checkpoint).read_bytes()[:1000])
     usage(["--checkpoint", truncated, "--out", tmp_path / "o"], str(truncated), "not a readable")
