@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from attentive.fileio import write_bytes_atomic
+from attentive.train_state import RESUME_NEUTRAL_KEYS, config_changes
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +26,7 @@ SYNTHETIC_WARNING = ("WARNING: synthetic data (smoke mode): these numbers only s
 
 # Config keys that may differ between a finished run and the settings asking for it without changing its result
 # (the trainer's resume check list, plus num_threads, which changes only the speed).
-NEUTRAL_KEYS = ("resume", "output_dir", "log.", "checkpoint.", "data.num_workers", "data.root", "eval.test_at_end",
-                "num_threads")
+NEUTRAL_KEYS = (*RESUME_NEUTRAL_KEYS, "num_threads")
 
 
 # ---- atomic files --------------------------------------------------------------------------------------------
@@ -175,10 +175,7 @@ def fmt(v: float | None, digits: int = 2) -> str:
 # ---- training runs -------------------------------------------------------------------------------------------
 def config_differences(saved: dict, wanted: dict) -> dict[str, tuple[Any, Any]]:
     """Config keys whose values differ, other than those that do not change a run's result."""
-    from attentive.config import diff_configs
-
-    return {k: v for k, v in diff_configs(saved, wanted).items()
-            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NEUTRAL_KEYS)}
+    return config_changes(saved, wanted, neutral=NEUTRAL_KEYS)
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str], log_path: str | Path,

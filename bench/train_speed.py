@@ -31,6 +31,7 @@ from attentive.config import load_config  # noqa: E402
 from attentive.data import set_loader_epoch  # noqa: E402
 from attentive.flops import count_flops_batch  # noqa: E402
 from attentive.trainer import Trainer  # noqa: E402
+from predictors.xgb import AccuracyPredictor  # noqa: E402
 
 VARIANTS = {
     "uniform": {"sampler.name": "uniform"},
@@ -49,10 +50,8 @@ def build_trainer(space: str, image_size: int, variant: dict, steps: int, out: P
         "train.num_subnets": 4, "sampler.num_trials": 3, "sched.epochs": 2, "sched.warmup_epochs": 0,
         "log.progress": False, "log.tensorboard": False, **variant,
     }
-    t = Trainer(load_config(None, updates=updates))
+    t = Trainer(load_config(None, updates=updates), predictor_backend=AccuracyPredictor)
     if variant.get("sampler.scorer") == "predictor":
-        from predictors.xgb import AccuracyPredictor
-
         rng = np.random.Generator(np.random.PCG64(0))
         idx = t.space.sample_indices(rng, 300)
         mflops = count_flops_batch(t.space, idx, t.num_classes)

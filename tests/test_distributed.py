@@ -30,6 +30,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from attentive.data import set_loader_epoch
     from attentive.distributed import all_gather_json, broadcast_json, cleanup, init_distributed
     from attentive.trainer import Trainer
+    from predictors.xgb import AccuracyPredictor
 
     env = init_distributed("cpu", "auto")
     try:
@@ -39,7 +40,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # bestup with the loss scorer: scores differ per rank (different data shards) unless they are reduced.
         cfg = load_config(SMOKE, [f"output_dir={out_dir}/run", "sampler.scorer=loss", "sampler.warmup_epochs=0",
                                   "train.num_subnets=4", "sched.warmup_epochs=0", "log.tensorboard=false"])
-        t = Trainer(cfg, env)
+        t = Trainer(cfg, env, predictor_backend=AccuracyPredictor)  # fit_predictor below fits one
         set_loader_epoch(t.train_loader, 0)
         archs, first_labels = [], None
         for i, (images, labels) in enumerate(t.train_loader):
