@@ -126,24 +126,6 @@ def shortcut_changes(space: SearchSpace, base: Arch, moved: Arch) -> list[str]:
     return [f"{key}: {before[key]}->{after[key]}" for key in before if key in after and before[key] != after[key]]
 
 
-def changed_groups(space: SearchSpace, a: Arch, b: Arch) -> list[str]:
-    """Dimension groups in which `a` and `b` differ ("resolution", "kernel_size", "expand_ratio", "width <pos>",
-    "depth <stage>"): a single-dimension move differs from its base in exactly one."""
-    groups = []
-    if a.resolution != b.resolution:
-        groups.append("resolution")
-    for field in ("kernel_size", "expand_ratio"):
-        if getattr(a, field) != getattr(b, field):
-            groups.append(field)
-    for pos, x, y in zip(width_position_names(space), a.width, b.width):
-        if x != y:
-            groups.append(f"width {pos}")
-    for stage, x, y in zip(space.stages, a.depth, b.depth):
-        if x != y:
-            groups.append(f"depth {stage.name}")
-    return groups
-
-
 def probe_plan(space: SearchSpace, combined: bool = True) -> list[Move]:
     """All rows of a probe in table order: the max net, its moves toward min, the min net, its moves toward
     max, then (with `combined`) the combined rows. Base rows have dimension "base"."""

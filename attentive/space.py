@@ -80,10 +80,6 @@ class Arch:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "Arch":
-        return cls.from_dict(json.loads(text))
-
     def __str__(self) -> str:
         return self.to_json()
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from attentive import load_space
-from attentive.probe import (base_arch, changed_groups, combined_moves, probe_plan, shortcut_changes,
-                             single_dimension_moves)
-from attentive.space import space_from_dict
+from attentive.probe import (base_arch, combined_moves, probe_plan, shortcut_changes, single_dimension_moves,
+                             width_position_names)
+from attentive.space import Arch, SearchSpace, space_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -19,6 +19,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 import probe as probe_cli  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def changed_groups(space: SearchSpace, a: Arch, b: Arch) -> list[str]:
+    """Dimension groups in which `a` and `b` differ ("resolution", "kernel_size", "expand_ratio", "width <pos>",
+    "depth <stage>"): the oracle of the tests, a single-dimension move differs from its base in exactly one."""
+    groups = []
+    if a.resolution != b.resolution:
+        groups.append("resolution")
+    for field in ("kernel_size", "expand_ratio"):
+        if getattr(a, field) != getattr(b, field):
+            groups.append(field)
+    for pos, x, y in zip(width_position_names(space), a.width, b.width):
+        if x != y:
+            groups.append(f"width {pos}")
+    for stage, x, y in zip(space.stages, a.depth, b.depth):
+        if x != y:
+            groups.append(f"depth {stage.name}")
+    return groups
 
 
 @pytest.mark.parametrize("name", ["tiny", "attentivenas"])

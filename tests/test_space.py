@@ -49,7 +49,7 @@ def test_arch_json_round_trip(space):
     rng = np.random.default_rng(0)
     for _ in range(20):
         a = space.sample(rng)
-        assert Arch.from_json(a.to_json()) == a
+        assert Arch.from_dict(json.loads(a.to_json())) == a
         assert Arch.from_dict(json.loads(json.dumps(a.to_dict()))) == a
         assert hash(Arch.from_dict(a.to_dict())) == hash(a)
 
