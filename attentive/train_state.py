@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -168,7 +168,7 @@ class TrainState:
 
 
 def find_resume(resume: str | None, run_dir: str | Path, env: DistEnv | None,
-                check: Any = None) -> tuple[Path, dict] | None:
+                check: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, as (path, ckpt), or None for a fresh run.
 
     `resume`: None (a fresh run; refused with `CheckpointMismatchError` when `run_dir` already holds checkpoints),
