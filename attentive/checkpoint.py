@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from .fileio import BadFileError, write_atomic
-from .space import space_from_dict
+from .space import SearchSpace, space_from_dict
 from .supernet import Supernet
 
 # What train.py writes; a file with another "format" is refused, and a newer version is refused by name.
@@ -62,12 +62,9 @@ def check_state_dict(path: str | Path, own: dict[str, torch.Tensor], theirs: Any
                                  f"{unexpected[:5]}, shape mismatch {shapes[:5]}")
 
 
-def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
-    """Rebuild the supernet stored in a training checkpoint; returns (supernet, checkpoint dict). Raises
-    `BadFileError` naming the file for anything `load_checkpoint` refuses, a space that does not match its stored
-    hash (edited), or weights that do not fit the space's supernet."""
-    path = Path(path)
-    ckpt = load_checkpoint(path, map_location)
+def checkpoint_space(path: str | Path, ckpt: dict) -> SearchSpace:
+    """The search space stored in checkpoint `ckpt` (read from `path`). Raises `BadFileError` naming the file when
+    it does not load or does not match its recorded hash (the file was edited)."""
     try:
         space = space_from_dict(ckpt["space"], where=f"{path}: space")
     except (TypeError, ValueError, KeyError) as e:
@@ -75,6 +72,16 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
     if "space_hash" in ckpt and ckpt["space_hash"] != space.hash:
         raise BadFileError(path, f"stored space hash {ckpt['space_hash']} does not match its space ({space.hash}): "
                                  f"the file was edited")
+    return space
+
+
+def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Supernet, dict]:
+    """Rebuild the supernet stored in a training checkpoint; returns (supernet, checkpoint dict). Raises
+    `BadFileError` naming the file for anything `load_checkpoint` refuses, a space that does not match its stored
+    hash (edited), or weights that do not fit the space's supernet."""
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location)
+    space = checkpoint_space(path, ckpt)
     num_classes = ckpt.get("num_classes", space.num_classes)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BadFileError(path, f"num_classes must be a positive integer, got {num_classes!r}")

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import (LAST_NAME, TRAIN_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_VERSION, check_state_dict,
-                         checkpoint_candidates, load_checkpoint, load_newest_checkpoint, save_training_checkpoint)
+                         checkpoint_candidates, checkpoint_space, load_checkpoint, load_newest_checkpoint,
+                         save_training_checkpoint)
 from .config import diff_configs
 from .distributed import DistEnv, broadcast_json
 from .fileio import BadFileError
@@ -104,10 +105,15 @@ class TrainState:
                                         keep=keep)
 
     def check(self, path: str | Path, ckpt: dict) -> None:
-        """Refuse a checkpoint of another format, space, class count or model, saying what differs."""
+        """Refuse a checkpoint of another format, space, class count or model, or whose stored space was edited,
+        saying what differs."""
         if ckpt.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise CheckpointMismatchError(path, f"not a training checkpoint of attentive (format "
                                                 f"{ckpt.get('format')!r}); resume needs a file written by train.py")
+        try:
+            checkpoint_space(path, ckpt)  # the stored space loads and matches its recorded hash (not edited)
+        except BadFileError as e:
+            raise CheckpointMismatchError(path, e.reason) from None
         if ckpt.get("space_hash") != self.space.hash:
             name = ckpt.get("space", {}).get("name", "?")
             raise CheckpointMismatchError(
