@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_text_atomic
+from .fileio import json_safe, write_text_atomic
 
 LOGGER_NAME = "attentive"
 
@@ -37,15 +36,14 @@ def get_logger(is_main: bool = True, log_file: str | Path | None = None) -> logg
     return logger
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep them readable
+def _plain(v: Any) -> Any:
+    """Tensor and numpy scalars to Python numbers, in nested dicts and lists."""
     if hasattr(v, "item") and callable(v.item):
-        return _jsonable(v.item())
+        return v.item()
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [_plain(x) for x in v]
     return v
 
 
@@ -91,8 +89,8 @@ class MetricsLogger:
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, **_jsonable(values)}
-        self._file.write(json.dumps(record) + "\n")
+        record = {"kind": kind, "step": step, **json_safe(_plain(values))}  # undefined (NaN) values: null
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self.writer is not None:
             for k, v in values.items():

@@ -396,3 +396,14 @@ def test_primitive_cache_capacity_is_set_unless_the_user_chose_one(monkeypatch):
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     assert cpu_runtime.enlarge_primitive_cache() is False
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
+# ---- logs -------------------------------------------------------------------------------------------------
+def test_metrics_log_is_strict_json_with_null_for_undefined_values(tmp_path):
+    from attentive.logging_utils import MetricsLogger
+
+    log = MetricsLogger(tmp_path, enabled=True, tensorboard=False)
+    log.log("predictor", 3, tau=float("nan"), top1=np.float32(50.0), losses=[torch.tensor(1.5), float("inf")])
+    log.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "kind": "predictor", "step": 3, "tau": None, "top1": 50.0, "losses": [1.5, None]}
