@@ -68,8 +68,13 @@ class MBConvBlock(nn.Module):
     def __init__(self, spec: BlockSpec, layers: BlockLayers | None = None) -> None:
         super().__init__()
         layers = fresh_block_layers(spec) if layers is None else layers
-        act = act_layer(spec.activation)
         expand = spec.expand
+        needed = {"conv_pw": expand, "bn1": expand, "se": bool(spec.se_chs), "shortcut_conv": spec.shortcut_conv}
+        missing = [name for name, need in needed.items() if need and getattr(layers, name) is None]
+        if missing:
+            raise ValueError(f"block {spec.index_in_stage} of stage {spec.stage} needs the layers {missing}; "
+                             f"none were given")
+        act = act_layer(spec.activation)
         self.conv_pw = layers.conv_pw if expand else nn.Identity()
         self.bn1 = layers.bn1 if expand else nn.Identity()
         self.act1 = act(inplace=True) if expand else nn.Identity()
@@ -83,11 +88,6 @@ class MBConvBlock(nn.Module):
         shortcuts = {"identity": nn.Identity, "conv": lambda: layers.shortcut_conv,
                      "pad": lambda: ChannelPad(spec.out_chs)}
         self.shortcut_conv = shortcuts[spec.shortcut]()
-        needed = {"conv_pw": expand, "bn1": expand, "se": bool(spec.se_chs), "shortcut_conv": spec.shortcut_conv}
-        missing = [name for name, need in needed.items() if need and getattr(layers, name) is None]
-        if missing:
-            raise ValueError(f"block {spec.index_in_stage} of stage {spec.stage} needs the layers {missing}; "
-                             f"none were given")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut_conv(self.shortcut_pool(x))
