@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from attentive.config import ConfigError, dump_config, load_config, valid_keys
+from attentive.config import ConfigError, describe_keys, dump_config, load_config
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 3
@@ -28,7 +28,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="attentive supernet training (sandwich rule, in-place distillation, AttentiveNAS sampling)",
         add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys: " + ", ".join(valid_keys()))
+        epilog=describe_keys())
     parser.add_argument("-c", "--config", default=None, help="YAML file of defaults, e.g. configs/train/fashion_mnist.yaml")
     parser.add_argument("--resume", default=None, help="'auto' (newest good checkpoint in output_dir) or a checkpoint "
                         "path; same as resume=...")

@@ -372,6 +372,11 @@ def _check_value(spec: KeySpec, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{name}' must be an integer, got {value!r}")
     elif spec.type is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; it means the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"config key '{name}' must be a finite number, got {value!r}")
         value = float(value)

@@ -25,7 +25,6 @@ generations: 0.9997).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -159,23 +158,6 @@ def _check_int(name: str, v: Any, minimum: int) -> None:
 def _check_fraction(name: str, v: Any, low_open: bool = False) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1 if low_open else 0 <= v <= 1):
         raise ValueError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {v!r}")
-
-
-def _scorer_and_options(score_fn: ScoreFn | Objective, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The old option `score_input="indices"|"archs"` still works, with a DeprecationWarning: "indices" wraps
-    `score_fn` in `IndexScorer`, which is how a score function now says that it takes gene-index arrays."""
-    if "score_input" not in options:
-        return score_fn, options
-    options = dict(options)
-    value = options.pop("score_input")
-    if value not in ("archs", "indices"):
-        raise ValueError(f"score_input must be one of ['archs', 'indices'], got {value!r}")
-    warnings.warn("the search option score_input is deprecated: pass an attentive.scoring.IndexScorer for a score "
-                  "function of gene-index arrays, any other callable gets a list of Arch", DeprecationWarning,
-                  stacklevel=3)
-    if value == "indices" and not isinstance(score_fn, Objective) and not getattr(score_fn, "accepts_indices", False):
-        score_fn = IndexScorer(score_fn)
-    return score_fn, options
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,7 +339,6 @@ def evolve(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops: float,
 def evolve_search(space: SearchSpace, score_fn: ScoreFn | Objective, max_mflops: float, seed: int = 0,
                   **options: Any) -> EvolutionResult:
     """`evolve` with the full result: top-k candidates, counts, timing and the per-generation best score."""
-    score_fn, options = _scorer_and_options(score_fn, options)
     opts: EvolutionOptions = _make_options(EvolutionOptions, options)
     objective = _as_objective(space, score_fn)
     budget = check_budget(space, max_mflops, opts.num_classes)
@@ -447,7 +428,6 @@ def pareto_search(space: SearchSpace, score_fn: ScoreFn | Objective, seed: int =
     FLOPs target so the low buckets fill) and keeps the `elites_per_bucket` best of every bucket. The front is the
     non-dominated set of every arch scored. Deterministic for a seed. Options: see `ParetoOptions`.
     """
-    score_fn, options = _scorer_and_options(score_fn, options)
     opts: ParetoOptions = _make_options(ParetoOptions, options)
     objective = _as_objective(space, score_fn)
     lo, hi = flops_range(space, opts.num_classes)

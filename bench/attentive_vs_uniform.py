@@ -270,13 +270,14 @@ def search_run(ckpt: dict, space, budgets: Sequence[float], seed: int, populatio
     """Searched subnet per budget with the run's fitted predictor; ([], reason) when the run has none."""
     if ckpt.get("predictor") is None:
         return [], "no predictor in this run (only bestup/worstup with sampler.scorer=predictor fit one)"
+    from attentive.scoring import predictor_scorer
     from attentive.search import evolve
     from predictors.xgb import AccuracyPredictor
 
     predictor = AccuracyPredictor.from_state(ckpt["predictor"], space)
     out = []
     for name, budget in zip(BUDGET_NAMES, budgets):
-        arch, mflops, score = evolve(space, predictor.predict, budget, seed=seed, score_input="indices",
+        arch, mflops, score = evolve(space, predictor_scorer(predictor), budget, seed=seed,
                                      population=population, generations=generations, num_classes=num_classes)
         out.append({"budget": name, "budget_mflops": budget, "arch": arch, "mflops": mflops,
                     "predicted_holdout_top1": score})

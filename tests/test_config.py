@@ -323,3 +323,13 @@ def test_cli_print_config(capsys):
     printed = yaml.safe_load(out)
     assert printed["sched"]["epochs"] == 9 and printed["space"] == "tiny"
     assert out == dump_config(load_config(CONFIGS / "smoke.yaml", ["sched.epochs=9"]))
+
+
+def test_float_keys_take_exponent_notation_without_a_dot():
+    """YAML 1.1 reads 1e-4 as a string; for a float key it is the number (override and file alike)."""
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.weight_decay=5e-5"])
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["weight_decay"] == 5e-5
+    with pytest.raises(ConfigError, match="finite number"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="finite number"):
+        load_config(None, ["optim.lr=nan"])

@@ -72,19 +72,6 @@ def test_evolve_is_deterministic_for_a_seed(brute):
     assert c.history != a.history  # another seed is another run
 
 
-def test_deprecated_score_input_still_works(brute):
-    """The old spelling score_input="indices" wraps the function in an IndexScorer: the same run, with a warning."""
-    space, _, flops, _, score = brute
-    budget = float(np.median(flops))
-    new = evolve_search(space, score, budget, seed=3, generations=4, top_k=3)
-    with pytest.warns(DeprecationWarning, match="score_input is deprecated"):
-        old = evolve_search(space, score.fn, budget, seed=3, generations=4, top_k=3, score_input="indices")
-    assert old.top == new.top and old.history == new.history
-    with pytest.warns(DeprecationWarning):
-        front = pareto_search(space, score.fn, seed=0, generations=2, population=32, score_input="indices")
-    assert front.front == pareto_search(space, score, seed=0, generations=2, population=32).front
-
-
 def test_score_fn_gets_archs_by_default(brute):
     space, _, flops, _, score = brute
     seen_types = set()
@@ -150,8 +137,8 @@ def test_bad_options_and_scores_are_named():
         evolve(space, lambda a: np.zeros(len(a)), 5, popsize=10)
     with pytest.raises(ValueError, match="population must be an integer >= 4"):
         evolve(space, lambda a: np.zeros(len(a)), 5, population=2)
-    with pytest.raises(ValueError, match="score_input must be one of"):
-        evolve(space, lambda a: np.zeros(len(a)), 5, score_input="dicts")
+    with pytest.raises(TypeError, match=r"unknown search option\(s\) \['score_input'\]"):
+        evolve(space, lambda a: np.zeros(len(a)), 5, score_input="indices")  # an IndexScorer says that now
     with pytest.raises(ValueError, match="one score per arch"):
         evolve(space, lambda a: np.zeros(3), 5)
     with pytest.raises(ValueError, match="non-finite score"):
