@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from attentive.cpu_runtime import tune_cpu_runtime
 from attentive.data import DataSplits, datasets_from_config
 from attentive.distributed import resolve_device
-from attentive.export import check_output_dir
+from attentive.fileio import check_output_dir
 from attentive.fileio import BadFileError
 from attentive.flops import count_flops
 from attentive.report import format_summary

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import torch
 
-from .fileio import BadFileError, write_atomic
+from .fileio import BadFileError, load_torch_file, write_atomic
 from .space import SearchSpace, space_from_dict
 from .supernet import Supernet
 
@@ -29,14 +29,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     objects (weights_only refuses them), is not an attentive checkpoint, or is of a newer format version.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadFileError(path, "no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # zip/pickle/weights_only errors: all mean "this file is not a readable checkpoint"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise BadFileError(path, f"not a readable checkpoint (truncated, torn, or not written by train.py): "
-                                 f"{type(e).__name__}: {first_line[:200]}") from None
+    ckpt = load_torch_file(path, map_location, what="checkpoint file")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "space" not in ckpt:
         raise BadFileError(path, "not an attentive supernet checkpoint (it needs the keys 'model' and 'space')")
     if ckpt.get("format", TRAIN_CHECKPOINT_FORMAT) != TRAIN_CHECKPOINT_FORMAT:

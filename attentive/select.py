@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Subset
 
 from .checkpoint import load_supernet
 from .data import DataSplits, build_loader, calibration_batches
-from .export import atomic_directory, export_subnet
+from .export import export_subnet
+from .fileio import atomic_directory
 from .fileio import BadFileError
 from .flops import count_flops, count_params
 from .measure import measure_archs

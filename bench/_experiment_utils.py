@@ -130,11 +130,10 @@ def warn_synthetic(data_name: str) -> str | None:
 
 
 def eval_device(config_device: str):
-    import torch
+    """The device a run's config names, for evaluating its checkpoint here (attentive's one device parser)."""
+    from attentive.distributed import resolve_device
 
-    if config_device == "cpu" or (config_device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda")
+    return resolve_device(config_device)
 
 
 # ---- data ----------------------------------------------------------------------------------------------------

@@ -238,13 +238,14 @@ def _experiment(args: argparse.Namespace) -> int:
     from attentive.checkpoint import load_supernet
     from attentive.data import build_loader, calibration_batches, datasets_from_config
     from attentive.flops import count_flops
+    from attentive.distributed import resolve_device
     from attentive.measure import measure_archs, stratified_archs
     from predictors.proxies import random_minibatch, score_archs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.checkpoint) if args.checkpoint else quick_checkpoint(out, args.in_process)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     supernet, ckpt = load_supernet(checkpoint, map_location=device)
     space, num_classes = supernet.space, supernet.num_classes
     cfg = ckpt["config"]
