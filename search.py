@@ -101,7 +101,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-build_parser = get_args_parser  # the name before issue 13
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -64,7 +64,7 @@ def test_train_commands_resolve_their_config(cmd, capsys):
 def test_search_commands_parse(cmd):
     import search
 
-    args = search.build_parser().parse_args(_args_after(cmd, "search.py"))
+    args = search.get_args_parser().parse_args(_args_after(cmd, "search.py"))
     assert args.checkpoint and args.out
 
 

@@ -218,7 +218,7 @@ def _stand_in(space):
 
 
 def _args(*argv):
-    return search_cli.build_parser().parse_args([str(a) for a in argv])
+    return search_cli.get_args_parser().parse_args([str(a) for a in argv])
 
 
 def test_cli_end_to_end(checkpoint, tmp_path):
