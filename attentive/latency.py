@@ -1,0 +1,626 @@
+"""Latency model for one device: a per-block lookup table (OFA's approach), built by profiling with the real runtime.
+
+`build_table` measures every DISTINCT layer configuration that the space's archs contain -- the stem at each
+(resolution, width), each stage's first block at each (resolution, input width, width, kernel, expand) and its
+later blocks at each (resolution, width, kernel, expand), the head at each (resolution, last width, head width) --
+each as its own small model in the runtime (onnxruntime: the static module exported to ONNX; torch: eager).
+Every entry is the median of `repeats` timed runs after `warmup` runs, with the runtime's threads pinned.
+
+Predicted latency = sum of the arch's entries - (parts - 1) * `overhead_ms`, where `overhead_ms` is the measured
+cost of running an empty model (one call into the runtime: input binding, output allocation, dispatch): each
+entry pays it once, the whole net pays it once. `predict_batch` evaluates that sum for many gene-index rows at
+once from per-stage lookup arrays (like `attentive.flops.count_flops_batch`): all blocks after the first in a
+stage are identical, so a stage costs `first + (depth - 1) * later`.
+
+The table is one JSON file, rewritten atomically after every measured entry, so an interrupted build resumes
+where it stopped. `LatencyTable.load` refuses (BadFileError) a torn or foreign file, an unfinished build, a table
+for another space, or one measured with another version of the runtime than the installed one.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .fileio import BadFileError, read_json_file, write_json_atomic
+from .layers import act_layer
+from .space import Arch, SearchSpace
+from .spec import BlockSpec, NetSpec, decode
+from .static import ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
+
+FORMAT = "attentive.latency_table"
+FORMAT_VERSION = 1
+RUNTIMES = ("onnxruntime", "torch")
+LATENCY_DEVICES = ("cpu", "cuda")
+DEFAULT_WARMUP = 10
+DEFAULT_REPEATS = 50
+INPUT_SEED = 0  # seeded random inputs and weights: latency does not depend on them, reproducibility does
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runtimes and the one timing loop
+
+
+def runtime_version(runtime: str) -> str:
+    """Version of the installed runtime; ValueError for an unknown runtime, RuntimeError if it is not installed."""
+    if runtime == "torch":
+        return torch.__version__
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RuntimeError("runtime 'onnxruntime' asked for, but onnxruntime is not installed "
+                               "(pip install onnxruntime)") from None
+        return onnxruntime.__version__
+    raise ValueError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+
+
+def check_runtime_device(runtime: str, device: str) -> None:
+    """ValueError for an unknown runtime or device name; RuntimeError when the runtime cannot run on `device` here
+    (CUDA missing, or onnxruntime without its CUDA execution provider)."""
+    runtime_version(runtime)
+    if device not in LATENCY_DEVICES:
+        raise ValueError(f"unknown latency device {device!r}; allowed: {', '.join(LATENCY_DEVICES)}")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' asked for, but CUDA is not available on this machine; use cpu")
+        if runtime == "onnxruntime":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise RuntimeError("onnxruntime on cuda needs the CUDAExecutionProvider (pip install "
+                                   f"onnxruntime-gpu); this one has {onnxruntime.get_available_providers()}")
+
+
+def default_threads() -> int:
+    """CPU threads the runtime gets unless told: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
+    """`model` (eval mode, CPU) as ONNX with a dynamic batch axis, exported as `attentive.export.export_onnx`
+    exports a subnet, so a block is timed in the form the deployed net takes."""
+    model = model.eval().cpu()
+    x = torch.zeros(*input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation of the TorchScript exporter, tracer warnings
+        buf = io.BytesIO()
+        torch.onnx.export(model, (x,), buf, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return buf.getvalue()
+
+
+def _ort_session(model: bytes | str | Path, device: str, threads: int) -> Any:
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # no warnings about unused initializers
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    data = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(data, sess_options=opts, providers=providers)
+
+
+def _median_ms(run: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None = None) -> float:
+    for _ in range(warmup):
+        run()
+    if sync is not None:
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        run()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter_ns() - t0)
+    return statistics.median(times) / 1e6
+
+
+class _TorchThreads:
+    """Pin torch's intra-op threads for the measurement, restore them afterwards."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def measure_latency(model: nn.Module | bytes | str | Path, input_shape: Sequence[int], runtime: str, device: str,
+                    threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS) -> float:
+    """Median latency (ms) of one forward pass of `model` on an input of `input_shape`, in `runtime` on `device`
+    with `threads` CPU threads. `model`: a torch module (exported to ONNX first for onnxruntime), or an ONNX
+    file path / ONNX bytes (onnxruntime only)."""
+    check_runtime_device(runtime, device)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    g = torch.Generator().manual_seed(INPUT_SEED)
+    x = torch.randn(*input_shape, generator=g)
+    if runtime == "onnxruntime":
+        data = onnx_bytes(model, input_shape) if isinstance(model, nn.Module) else model
+        if isinstance(data, (str, Path)) and not Path(data).is_file():
+            raise BadFileError(data, "no such ONNX file")
+        session = _ort_session(data, device, threads)
+        name = session.get_inputs()[0].name
+        feed = {name: x.numpy()}
+        return _median_ms(lambda: session.run(None, feed), warmup, repeats)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"runtime 'torch' measures a torch module, got {type(model).__name__}")
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    x = x.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    with _TorchThreads(threads), torch.inference_mode():
+        return _median_ms(lambda: model(x), warmup, repeats, sync)
+
+
+def _fresh_module(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with seeded weights without touching the global RNG state of the caller."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INPUT_SEED)
+        return build().eval()
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0  # one trivial op: onnx needs a node between input and output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the distinct configurations of a space
+
+
+def block_key(b: BlockSpec) -> str:
+    """Everything that decides a block's cost (not its position in the net)."""
+    return (f"block:in={b.in_chs},mid={b.mid_chs},out={b.out_chs},k={b.kernel_size},s={b.stride},se={b.se_chs},"
+            f"expand={int(b.expand)},act={b.activation},shortcut={b.shortcut},size={b.in_size}")
+
+
+def stem_key(spec: NetSpec) -> str:
+    return (f"stem:in={spec.in_chans},out={spec.stem_chs},s={spec.stem_stride},act={spec.stem_activation},"
+            f"size={spec.resolution}")
+
+
+def head_key(spec: NetSpec) -> str:
+    return (f"head:in={spec.head_in_chs},mid={spec.head_mid_chs},out={spec.head_out_chs},"
+            f"classes={spec.num_classes},act={spec.head_activation},size={spec.head_in_size}")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One measurable piece of a net: its table key, how to build it, and its input shape at batch 1."""
+
+    key: str
+    build: Callable[[], nn.Module]
+    input_chw: tuple[int, int, int]
+
+
+def _block_part(b: BlockSpec) -> Part:
+    return Part(block_key(b), lambda: MBConvBlock(b), (b.in_chs, b.in_size, b.in_size))
+
+
+def _stem_part(spec: NetSpec) -> Part:
+    return Part(stem_key(spec), lambda: ConvBnAct.fresh(spec.in_chans, spec.stem_chs, 3, spec.stem_stride,
+                                                        act_layer(spec.stem_activation)),
+                (spec.in_chans, spec.resolution, spec.resolution))
+
+
+def _head_part(spec: NetSpec) -> Part:
+    return Part(head_key(spec), lambda: MobileNetV3Head.fresh(spec.head_in_chs, spec.head_mid_chs, spec.head_out_chs,
+                                                              spec.num_classes, act_layer(spec.head_activation)),
+                (spec.head_in_chs, spec.head_in_size, spec.head_in_size))
+
+
+class _Layout:
+    """Gene-index positions and the per-stage index grids of a space: which table key each lookup cell holds."""
+
+    def __init__(self, space: SearchSpace, num_classes: int | None) -> None:
+        self.space = space
+        self.num_classes = num_classes
+        n = space.num_stages
+        self.w_off, self.d_off = 1, 1 + n + 2
+        self.k_off, self.e_off = self.d_off + n, self.d_off + 2 * n
+        c = space.choices()
+        self.widths = c["width"]
+        self.depths = [np.array(o, dtype=np.int64) for o in c["depth"]]
+        base = space.max_arch()  # max depth everywhere: every stage that can have later blocks has them
+        self.stem: dict[tuple[int, ...], Part] = {}
+        self.head: dict[tuple[int, ...], Part] = {}
+        self.first: list[dict[tuple[int, ...], Part]] = [{} for _ in range(n)]
+        self.later: list[dict[tuple[int, ...], Part]] = [{} for _ in range(n)]
+        for ri, r in enumerate(space.resolutions):
+            for wi, w in enumerate(self.widths[0]):
+                spec = self._decode(base, r, {0: w}, s=None)
+                self.stem[ri, wi] = _stem_part(spec)
+            for li, wl in enumerate(self.widths[n]):
+                for hi, wh in enumerate(self.widths[n + 1]):
+                    spec = self._decode(base, r, {n: wl, n + 1: wh}, s=None)
+                    self.head[ri, li, hi] = _head_part(spec)
+            for s, st in enumerate(space.stages):
+                for pi, wp in enumerate(self.widths[s]):
+                    for wi, w in enumerate(self.widths[s + 1]):
+                        for ki, k in enumerate(st.kernel_sizes):
+                            for ei, e in enumerate(st.expand_ratios):
+                                spec = self._decode(base, r, {s: wp, s + 1: w}, s=s, kernel=k, expand=e)
+                                blocks = [b for b in spec.blocks if b.stage == s]
+                                self.first[s][ri, pi, wi, ki, ei] = _block_part(blocks[0])
+                                if len(blocks) > 1 and pi == 0:  # later blocks do not depend on the input width
+                                    self.later[s][ri, wi, ki, ei] = _block_part(blocks[1])
+
+    def _decode(self, base: Arch, resolution: int, widths: dict[int, int], s: int | None, kernel: int = 0,
+                expand: float = 0) -> NetSpec:
+        width = list(base.width)
+        for i, w in widths.items():
+            width[i] = w
+        kernels, expands = list(base.kernel_size), list(base.expand_ratio)
+        if s is not None:
+            kernels[s], expands[s] = kernel, expand
+        arch = Arch(resolution=resolution, width=tuple(width), depth=base.depth, kernel_size=tuple(kernels),
+                    expand_ratio=tuple(expands))
+        return decode(self.space, arch, self.num_classes)
+
+    def parts(self) -> list[Part]:
+        """The distinct parts, each once, in a fixed order (stem, stages, head)."""
+        seen: dict[str, Part] = {}
+        for grid in [self.stem, *[g for s in range(self.space.num_stages) for g in (self.first[s], self.later[s])],
+                     self.head]:
+            for part in grid.values():
+                seen.setdefault(part.key, part)
+        return list(seen.values())
+
+
+def table_keys(space: SearchSpace, num_classes: int | None = None) -> list[str]:
+    """Keys of the distinct configurations a table for `space` holds, in build order."""
+    return [p.key for p in _Layout(space, num_classes).parts()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def device_description(device: str, threads: int) -> dict[str, Any]:
+    """What the numbers were measured on: CPU model, threads, GPU, library versions, date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    meta: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+                            "platform": platform.platform(), "python": sys.version.split()[0],
+                            "torch": torch.__version__,
+                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import onnxruntime
+
+        meta["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        meta["onnxruntime"] = None
+    if device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+        meta["cuda"] = torch.version.cuda
+    return meta
+
+
+class LatencyTable:
+    """A measured latency table for one (space, runtime, device, batch, threads); predicts milliseconds."""
+
+    def __init__(self, data: dict[str, Any], space: SearchSpace, path: Path | None = None) -> None:
+        self.data = data
+        self.space = space
+        self.path = path
+        self.space_hash: str = data["space_hash"]
+        self.runtime: str = data["runtime"]
+        self.runtime_version: str = data["runtime_version"]
+        self.device: str = data["device"]
+        self.batch: int = data["batch"]
+        self.threads: int = data["threads"]
+        self.num_classes: int = data["num_classes"]
+        self.overhead_ms: float = data["overhead_ms"]
+        self.meta: dict[str, Any] = data["meta"]
+        self.entries: dict[str, float] = data["entries"]
+        self._arrays = self._lookup_arrays()
+
+    # ---- files -------------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace, batch: int | None = None) -> "LatencyTable":
+        """The table in `path`, checked against `space`, the installed runtime and (if given) `batch`;
+        BadFileError naming the file and what differs otherwise."""
+        path = Path(path)
+        data = read_json_file(path, "latency table")
+        _check_table(path, data, space, batch)
+        if not data.get("complete"):
+            missing = len(table_keys(space, data["num_classes"])) - len(data["entries"])
+            raise BadFileError(path, f"unfinished latency table ({missing} entries not measured yet); rerun "
+                                     f"`python -m predictors.latency build` with the same options to finish it")
+        return cls(data, space, path)
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.data)
+
+    # ---- prediction --------------------------------------------------------------------------------------------
+    def _lookup_arrays(self) -> dict[str, Any]:
+        layout = _Layout(self.space, self.num_classes)
+        missing = sorted({p.key for p in layout.parts()} - set(self.entries))
+        if missing:
+            raise BadFileError(self.path or "<table>", f"{len(missing)} entries missing, e.g. {missing[0]}")
+
+        def grid(cells: dict[tuple[int, ...], Part], shape: tuple[int, ...]) -> np.ndarray:
+            out = np.zeros(shape, dtype=np.float64)  # cells never used (no later block) stay 0; depth-1 = 0 there
+            for ix, part in cells.items():
+                out[ix] = self.entries[part.key]
+            return out
+
+        sp, n = self.space, self.space.num_stages
+        nr, w = len(sp.resolutions), [len(o) for o in layout.widths]
+        first, later = [], []
+        for s, st in enumerate(sp.stages):
+            nk, ne = len(st.kernel_sizes), len(st.expand_ratios)
+            first.append(grid(layout.first[s], (nr, w[s], w[s + 1], nk, ne)))
+            later.append(grid(layout.later[s], (nr, w[s + 1], nk, ne)))
+        return {"layout": layout, "stem": grid(layout.stem, (nr, w[0])), "head": grid(layout.head, (nr, w[n], w[n + 1])),
+                "first": first, "later": later}
+
+    def predict_batch(self, archs: np.ndarray | Sequence[Arch | dict]) -> np.ndarray:
+        """Predicted latency (ms, float64) of many archs: a gene-index array (n, num_genes) from
+        `space.sample_indices` / `attentive.flops.encode` (the fast path), or a list of Arch/dicts."""
+        if isinstance(archs, np.ndarray):
+            idx = archs.astype(np.int64, copy=False)
+        else:
+            from .flops import encode
+
+            idx = encode(self.space, archs)
+        if idx.ndim != 2 or idx.shape[1] != len(self.space.gene_sizes()):
+            raise ValueError(f"expected a gene-index array of shape (n, {len(self.space.gene_sizes())}), "
+                             f"got {idx.shape}")
+        a = self._arrays
+        lay: _Layout = a["layout"]
+        n = self.space.num_stages
+        r = idx[:, 0]
+        w = [idx[:, lay.w_off + i] for i in range(n + 2)]
+        total = a["stem"][r, w[0]] + a["head"][r, w[n], w[n + 1]]
+        parts = 2
+        for s in range(n):
+            k, e = idx[:, lay.k_off + s], idx[:, lay.e_off + s]
+            depth = lay.depths[s][idx[:, lay.d_off + s]]
+            total = total + a["first"][s][r, w[s], w[s + 1], k, e] + (depth - 1) * a["later"][s][r, w[s + 1], k, e]
+            parts = parts + depth
+        return total - (parts - 1) * self.overhead_ms
+
+    def predict(self, arch: Arch | dict) -> float:
+        """Predicted latency (ms) of one arch."""
+        arch = Arch.from_dict(arch) if isinstance(arch, dict) else arch
+        return float(self.predict_batch(np.array([self.space.arch_to_indices(arch)], dtype=np.int64))[0])
+
+    def predict_parts(self, arch: Arch | dict) -> list[tuple[str, float]]:
+        """The (key, ms) entries the prediction of `arch` sums, in net order (walks the decoded spec)."""
+        arch = Arch.from_dict(arch) if isinstance(arch, dict) else arch
+        spec = decode(self.space, arch, self.num_classes)
+        keys = [stem_key(spec), *[block_key(b) for b in spec.blocks], head_key(spec)]
+        return [(k, self.entries[k]) for k in keys]
+
+
+def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -> None:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BadFileError(path, f"not a latency table (format {found!r}, expected {FORMAT!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BadFileError(path, f"latency table format version {data.get('format_version')!r}; this attentive "
+                                 f"reads version {FORMAT_VERSION}")
+    needed = {"space_hash", "space_name", "runtime", "runtime_version", "device", "batch", "threads", "num_classes",
+              "overhead_ms", "meta", "entries", "complete", "warmup", "repeats"}
+    missing = sorted(needed - set(data))
+    if missing:
+        raise BadFileError(path, f"latency table lacks the keys {missing}")
+    if data["space_hash"] != space.hash:
+        raise BadFileError(path, f"latency table for another space ({data['space_name']!r}, hash "
+                                 f"{data['space_hash']}); this space is {space.name!r}, hash {space.hash}")
+    if data["runtime"] not in RUNTIMES:
+        raise BadFileError(path, f"unknown runtime {data['runtime']!r}; allowed: {', '.join(RUNTIMES)}")
+    try:
+        installed = runtime_version(data["runtime"])
+    except RuntimeError as e:
+        raise BadFileError(path, f"measured with {data['runtime']} {data['runtime_version']}: {e}") from None
+    if data["runtime_version"] != installed:
+        raise BadFileError(path, f"measured with {data['runtime']} {data['runtime_version']}, but {data['runtime']} "
+                                 f"{installed} is installed; latencies differ between versions: rebuild the table")
+    if batch is not None and data["batch"] != batch:
+        raise BadFileError(path, f"latency table measured at batch {data['batch']}, batch {batch} asked for")
+    entries = data["entries"]
+    if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in entries.values()):
+        raise BadFileError(path, "latency table entries must map keys to non-negative milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building
+
+
+def _settings(space: SearchSpace, runtime: str, device: str, batch: int, threads: int, warmup: int, repeats: int,
+              num_classes: int) -> dict[str, Any]:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "space_name": space.name, "space_hash": space.hash,
+            "runtime": runtime, "runtime_version": runtime_version(runtime), "device": device, "batch": batch,
+            "threads": threads, "num_classes": num_classes, "warmup": warmup, "repeats": repeats}
+
+
+RESUME_KEYS = ("space_hash", "runtime", "runtime_version", "device", "batch", "threads", "num_classes", "warmup",
+               "repeats")
+
+
+def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_path: str | Path,
+                threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
+                progress: bool = True, num_classes: int | None = None,
+                on_entry: Callable[[str, float], None] | None = None) -> LatencyTable:
+    """Measure every distinct part of `space`'s nets and write the table to `out_path` (JSON, rewritten atomically
+    after each entry). A partial table from an interrupted build with the same settings is resumed: its entries
+    are kept and only the rest are measured; one with other settings is refused (BadFileError).
+    `on_entry(key, ms)` is called after each saved entry (progress hooks; the tests interrupt a build with it).
+    """
+    from tqdm import tqdm
+
+    check_runtime_device(runtime, device)
+    if batch < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"batch and repeats must be >= 1 and warmup >= 0; got batch={batch}, repeats={repeats}, "
+                         f"warmup={warmup}")
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    num_classes = space.num_classes if num_classes is None else num_classes
+    out_path = Path(out_path)
+    settings = _settings(space, runtime, device, batch, threads, warmup, repeats, num_classes)
+    layout = _Layout(space, num_classes)
+    parts = layout.parts()
+
+    data = dict(settings, space=space.to_dict(), meta=device_description(device, threads), complete=False,
+                overhead_ms=None, entries={})
+    if out_path.exists():
+        old = read_json_file(out_path, "latency table")
+        if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("format_version") != FORMAT_VERSION:
+            raise BadFileError(out_path, f"exists and is not a latency table of format {FORMAT!r} version "
+                                         f"{FORMAT_VERSION}; refusing to overwrite it")
+        differ = {k: (old.get(k), settings[k]) for k in RESUME_KEYS if old.get(k) != settings[k]}
+        if differ:
+            said = ", ".join(f"{k} {a!r} (asked for {b!r})" for k, (a, b) in differ.items())
+            raise BadFileError(out_path, f"a latency table with other settings: {said}; remove it or choose "
+                                         f"another --out")
+        data["entries"] = dict(old.get("entries") or {})
+        data["overhead_ms"] = old.get("overhead_ms")
+
+    def save() -> None:
+        data["complete"] = data["overhead_ms"] is not None and len(data["entries"]) == len(parts)
+        write_json_atomic(out_path, data)
+
+    def measure(part: Part) -> float:
+        module = _fresh_module(part.build)
+        return measure_latency(module, (batch, *part.input_chw), runtime, device, threads, warmup, repeats)
+
+    todo = [p for p in parts if p.key not in data["entries"]]
+    if data["overhead_ms"] is None:
+        # the empty model takes the stem's input: the largest tensor a call binds
+        data["overhead_ms"] = measure_latency(_fresh_module(_Identity), (batch, *parts[0].input_chw), runtime,
+                                              device, threads, warmup, repeats)
+        save()
+    for part in tqdm(todo, desc=f"latency table ({runtime}, {device}, batch {batch})", unit="entry",
+                     disable=not progress, dynamic_ncols=True):
+        data["entries"][part.key] = measure(part)
+        save()
+        if on_entry is not None:
+            on_entry(part.key, data["entries"][part.key])
+    save()
+    return LatencyTable(data, space, out_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def static_net(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> StaticNet:
+    """A fresh static net of `arch` with seeded weights (the global RNG is left alone)."""
+    return _fresh_module(lambda: StaticNet.from_arch(space, arch, num_classes))  # type: ignore[return-value]
+
+
+def measure_arch(table: LatencyTable, arch: Arch, warmup: int | None = None, repeats: int | None = None) -> float:
+    """End-to-end latency (ms) of `arch`'s static net, measured as `table` was built (runtime, device, batch,
+    threads)."""
+    net = static_net(table.space, arch, table.num_classes)
+    shape = (table.batch, table.space.in_chans, arch.resolution, arch.resolution)
+    return measure_latency(net, shape, table.runtime, table.device, table.threads,
+                           table.data["warmup"] if warmup is None else warmup,
+                           table.data["repeats"] if repeats is None else repeats)
+
+
+def validate_table(table: LatencyTable, space: SearchSpace, num_archs: int, seed: int, out_dir: str | Path,
+                   progress: bool = True, warmup: int | None = None, repeats: int | None = None) -> dict[str, Any]:
+    """Measure `num_archs` seeded random archs end to end and compare with the table's predictions. Writes
+    OUT_DIR/latency_validation.json (rows + summary) and OUT_DIR/latency_validation.png (predicted vs measured);
+    returns the summary: mape_pct, kendall tau, the largest error, paths."""
+    from tqdm import tqdm
+
+    from .metrics import kendall_tau
+
+    if space.hash != table.space_hash:
+        raise ValueError(f"table is for space hash {table.space_hash}, validating on {space.name!r} ({space.hash})")
+    if num_archs < 2:
+        raise ValueError(f"num_archs must be >= 2 (Kendall tau needs pairs), got {num_archs}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    idx = space.sample_indices(np.random.Generator(np.random.PCG64(seed)), num_archs)
+    predicted = table.predict_batch(idx)
+    rows = []
+    for i in tqdm(range(num_archs), desc="end-to-end latency", unit="arch", disable=not progress, dynamic_ncols=True):
+        arch = space.arch_from_indices(idx[i])
+        measured = measure_arch(table, arch, warmup, repeats)
+        rows.append({"arch": arch.to_dict(), "predicted_ms": float(predicted[i]), "measured_ms": measured,
+                     "error_pct": 100.0 * (float(predicted[i]) - measured) / measured})
+    measured = np.array([r["measured_ms"] for r in rows])
+    err = np.array([r["error_pct"] for r in rows])
+    worst = int(np.argmax(np.abs(err)))
+    summary = {"num_archs": num_archs, "seed": seed, "mape_pct": float(np.mean(np.abs(err))),
+               "kendall_tau": kendall_tau(predicted, measured)["tau"],
+               "largest_error_pct": float(err[worst]), "largest_error_arch": rows[worst]["arch"],
+               "largest_error_ms": float(predicted[worst] - measured[worst]),
+               "mean_error_pct": float(np.mean(err)),
+               "runtime": table.runtime, "device": table.device, "batch": table.batch, "threads": table.threads,
+               "table": str(table.path) if table.path else None}
+    json_path, plot_path = out_dir / "latency_validation.json", out_dir / "latency_validation.png"
+    summary.update(json=str(json_path), plot=str(plot_path))
+    write_json_atomic(json_path, {"summary": summary, "meta": device_description(table.device, table.threads),
+                                  "rows": rows})
+    _plot(predicted, measured, summary, plot_path)
+    return summary
+
+
+def _plot(predicted: np.ndarray, measured: np.ndarray, summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import write_bytes_atomic
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(measured, predicted, s=14)
+    lo, hi = float(min(measured.min(), predicted.min())), float(max(measured.max(), predicted.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
+    tau = summary["kendall_tau"]
+    ax.set_title(f"{summary['runtime']} {summary['device']}, batch {summary['batch']}, {summary['threads']} threads\n"
+                 f"MAPE {summary['mape_pct']:.2f}%, tau {tau if tau is None else round(tau, 3)}, "
+                 f"largest error {summary['largest_error_pct']:+.1f}%", fontsize=9)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def iter_parts(space: SearchSpace, num_classes: int | None = None) -> Iterator[Part]:
+    """The distinct parts of `space` in build order (for tools that profile them another way)."""
+    yield from _Layout(space, num_classes).parts()
