@@ -3,9 +3,11 @@
 Each layer allocates its largest weight once; a subnet uses the leading `[:out, :in]` slice, and a smaller
 depthwise kernel is cut from the centre of the largest (as in OFA). The active size is set by the supernet
 before the forward pass (`set_active`), so `forward` does no bookkeeping of its own. When the active size is
-the full size, the parameter itself is used: no slice, hence no slice-backward that scatters into a zero
-tensor of the full size. Every dynamic layer can hand back its static twin (`to_static`) with copied weights
-(allocated without an initialization that the copy would overwrite).
+the full size, the parameter itself is used; a smaller slice goes through `sliced_parameter`, whose backward adds
+the slice's gradient into `param.grad` in place instead of scattering it into a zero tensor of the full size
+(see its docstring for what that changes for callers of `torch.autograd.grad`). Every dynamic layer can hand back
+its static twin (`to_static`) with copied weights (allocated without an initialization that the copy would
+overwrite).
 """
 from __future__ import annotations
 
@@ -19,6 +21,58 @@ from torch.nn.utils import skip_init
 
 # Our YAML names -> timm's activation names.
 _TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard_swish", "gelu": "gelu"}
+
+
+Index = tuple[slice, ...]
+
+
+class _SliceIntoGrad(torch.autograd.Function):
+    """`param[index]` whose backward accumulates into `param.grad[index]` in place (see `sliced_parameter`)."""
+
+    @staticmethod
+    def forward(ctx, param: nn.Parameter, index: Index) -> torch.Tensor:  # noqa: ANN001 (autograd's ctx)
+        ctx.param, ctx.index = param, index
+        return param[index]
+
+    @staticmethod
+    @torch.no_grad()
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None]:  # noqa: ANN001
+        param, index = ctx.param, ctx.index
+        if param.grad is None:
+            # What autograd would store: the slice's gradient, copied (signed zeros kept), zeros elsewhere.
+            full = torch.zeros_like(param, memory_format=torch.preserve_format)
+            full[index].copy_(grad)
+            param.grad = full
+        else:
+            param.grad[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
+        return None, None
+
+
+def sliced_parameter(param: nn.Parameter, index: Index) -> torch.Tensor:
+    """`param[index]` (leading channels, a centred kernel crop) for a forward pass, without the full-size
+    gradient that plain slicing costs in backward.
+
+    Plain slicing's backward writes the slice's gradient into a new zero tensor the size of the whole parameter,
+    which autograd then adds into `.grad`: two full-size passes per sliced parameter and step, whatever the
+    subnet's size. Here the backward adds the slice's gradient into `param.grad[index]` in place (allocating
+    `param.grad` as zeros the first time, as autograd would), and hands autograd no gradient for `param`. The
+    resulting `.grad` is the same, value for value: a backward adds each parameter's gradient once, and no layer
+    slices a parameter twice in one forward (tests/test_slicing.py checks both). The one difference: outside the
+    slice an existing `-0.0` stays `-0.0`, where autograd's `-0.0 + 0.0` made it `+0.0` (equal under `==`).
+
+    The gradient reaches `param.grad` only: `torch.autograd.grad(loss, [param])`, `backward(inputs=...)` and
+    tensor hooks on `param` do not see it. Nothing here uses those on a supernet (the proxies differentiate
+    static nets). Without autograd recording (no_grad, inference, frozen parameters) this is plain slicing.
+    """
+    if not (param.requires_grad and torch.is_grad_enabled()):
+        return param[index]
+    return _SliceIntoGrad.apply(param, index)
+
+
+def _centre(size: int, k: int) -> slice:
+    """The centred `k` of `size` positions (a smaller kernel cut from the centre of a larger one)."""
+    start = (size - k) // 2
+    return slice(start, start + k)
 
 
 def act_layer(name: str) -> Callable[..., nn.Module]:
@@ -71,30 +125,29 @@ class DynamicConv2d(nn.Module):
         self.groups = in_chs if self.depthwise else 1
         self._full = (out_chs == self.max_out_chs and (self.depthwise or in_chs == self.max_in_chs)
                       and kernel_size == self.max_kernel)
+        # With kernel transforms a smaller kernel is the chain max -> ... -> kernel_size (7 -> 5 -> 3, as OFA
+        # chains them): each step crops the centre of the previous kernel, then applies that size's matrix.
+        self._transform_chain = tuple(k for k in reversed(self.kernel_sizes[:-1]) if k >= kernel_size) \
+            if self.kernel_transforms and kernel_size != self.max_kernel else ()
+        first_kernel = self._transform_chain[0] if self._transform_chain else kernel_size
+        self._weight_index = (slice(0, out_chs), slice(None) if self.depthwise else slice(0, in_chs),
+                              *[_centre(self.max_kernel, first_kernel)] * 2)
 
     def active_weight(self) -> torch.Tensor:
         if self._full:
             return self.weight
-        w = self.weight[: self.out_chs] if self.depthwise else self.weight[: self.out_chs, : self.in_chs]
-        if self.kernel_size == self.max_kernel:
-            return w
-        if not self.kernel_transforms:
-            start = (self.max_kernel - self.kernel_size) // 2
-            return w[:, :, start:start + self.kernel_size, start:start + self.kernel_size]
-        size = self.max_kernel
-        for k in reversed(self.kernel_sizes[:-1]):  # 7 -> 5 -> 3, as OFA chains them
-            if k < self.kernel_size:
-                break
-            start = (size - k) // 2
-            w = w[:, :, start:start + k, start:start + k]
+        w = sliced_parameter(self.weight, self._weight_index)
+        for k in self._transform_chain:
+            if w.shape[-1] != k:
+                crop = _centre(w.shape[-1], k)
+                w = w[:, :, crop, crop]
             w = (w.reshape(-1, k * k) @ self.kernel_transforms[str(k)]).reshape(w.shape[0], w.shape[1], k, k)
-            size = k
         return w
 
     def active_bias(self) -> torch.Tensor | None:
         if self.bias is None or self._full:
             return self.bias
-        return self.bias[: self.out_chs]
+        return sliced_parameter(self.bias, (slice(0, self.out_chs),))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding, 1, self.groups)
@@ -130,8 +183,9 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
-                            use_batch_stats, factor, self.eps)
+        index = (slice(0, c),)
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], sliced_parameter(self.weight, index),
+                            sliced_parameter(self.bias, index), use_batch_stats, factor, self.eps)
 
     @torch.no_grad()
     def to_static(self) -> nn.BatchNorm2d:
@@ -163,7 +217,7 @@ class DynamicLinear(nn.Module):
         self._full = in_features == self.max_in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight if self._full else self.weight[:, : self.in_features]
+        w = self.weight if self._full else sliced_parameter(self.weight, (slice(None), slice(0, self.in_features)))
         return F.linear(x, w, self.bias)
 
     @torch.no_grad()
