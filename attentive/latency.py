@@ -6,9 +6,11 @@ later blocks at each (resolution, width, kernel, expand), the head at each (reso
 each as its own small model in the runtime (onnxruntime: the static module exported to ONNX; torch: eager).
 Every entry is the median of `repeats` timed runs after `warmup` runs, with the runtime's threads pinned.
 
-Predicted latency = sum of the arch's entries - (parts - 1) * `overhead_ms`, where `overhead_ms` is the measured
-cost of running an empty model (one call into the runtime: input binding, output allocation, dispatch): each
-entry pays it once, the whole net pays it once. `predict_batch` evaluates that sum for many gene-index rows at
+Predicted latency = sum of the arch's entries - (parts - 1) * `overhead_ms`. Each entry was timed as one call into
+the runtime (input binding, output allocation, dispatch, thread wake-up), the whole net makes one call: the plain
+sum counts that cost once per part. `overhead_ms` is fitted once per table (least squares, `fit_overhead`) on
+`calibration_archs` seeded random archs measured end to end at build time; it also absorbs what isolation
+gets wrong on average (an entry runs with its own weights and input hot in cache, inside a net they are not). `predict_batch` evaluates that sum for many gene-index rows at
 once from per-stage lookup arrays (like `attentive.flops.count_flops_batch`): all blocks after the first in a
 stage are identical, so a stage costs `first + (depth - 1) * later`.
 
@@ -45,7 +47,9 @@ FORMAT_VERSION = 1
 RUNTIMES = ("onnxruntime", "torch")
 LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
-DEFAULT_REPEATS = 50
+DEFAULT_REPEATS = 100
+CALIBRATION_ARCHS = 20
+CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
 INPUT_SEED = 0  # seeded random inputs and weights: latency does not depend on them, reproducibility does
 
 
@@ -183,11 +187,6 @@ def _fresh_module(build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INPUT_SEED)
         return build().eval()
-
-
-class _Identity(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0  # one trivial op: onnx needs a node between input and output
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,7 +341,7 @@ class LatencyTable:
         self.batch: int = data["batch"]
         self.threads: int = data["threads"]
         self.num_classes: int = data["num_classes"]
-        self.overhead_ms: float = data["overhead_ms"]
+        self.overhead_ms: float = data["overhead_ms"]  # fitted per-call overhead (see fit_overhead)
         self.meta: dict[str, Any] = data["meta"]
         self.entries: dict[str, float] = data["entries"]
         self._arrays = self._lookup_arrays()
@@ -357,8 +356,10 @@ class LatencyTable:
         _check_table(path, data, space, batch)
         if not data.get("complete"):
             missing = len(table_keys(space, data["num_classes"])) - len(data["entries"])
-            raise BadFileError(path, f"unfinished latency table ({missing} entries not measured yet); rerun "
-                                     f"`python -m predictors.latency build` with the same options to finish it")
+            missing_cal = data["calibration_archs"] - len(data["calibration"])
+            raise BadFileError(path, f"unfinished latency table ({missing} entries and {missing_cal} calibration "
+                                     f"archs not measured yet); rerun `python -m predictors.latency build` with "
+                                     f"the same options to finish it")
         return cls(data, space, path)
 
     def save(self, path: str | Path) -> None:
@@ -405,13 +406,13 @@ class LatencyTable:
         r = idx[:, 0]
         w = [idx[:, lay.w_off + i] for i in range(n + 2)]
         total = a["stem"][r, w[0]] + a["head"][r, w[n], w[n + 1]]
-        parts = 2
         for s in range(n):
             k, e = idx[:, lay.k_off + s], idx[:, lay.e_off + s]
             depth = lay.depths[s][idx[:, lay.d_off + s]]
             total = total + a["first"][s][r, w[s], w[s + 1], k, e] + (depth - 1) * a["later"][s][r, w[s + 1], k, e]
-            parts = parts + depth
-        return total - (parts - 1) * self.overhead_ms
+        if self.overhead_ms:
+            total = total - (part_counts(self.space, idx) - 1) * self.overhead_ms
+        return total
 
     def predict(self, arch: Arch | dict) -> float:
         """Predicted latency (ms) of one arch."""
@@ -434,7 +435,7 @@ def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -
         raise BadFileError(path, f"latency table format version {data.get('format_version')!r}; this attentive "
                                  f"reads version {FORMAT_VERSION}")
     needed = {"space_hash", "space_name", "runtime", "runtime_version", "device", "batch", "threads", "num_classes",
-              "overhead_ms", "meta", "entries", "complete", "warmup", "repeats"}
+              "overhead_ms", "meta", "entries", "complete", "warmup", "repeats", "calibration_archs", "calibration"}
     missing = sorted(needed - set(data))
     if missing:
         raise BadFileError(path, f"latency table lacks the keys {missing}")
@@ -462,42 +463,46 @@ def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -
 
 
 def _settings(space: SearchSpace, runtime: str, device: str, batch: int, threads: int, warmup: int, repeats: int,
-              num_classes: int) -> dict[str, Any]:
+              num_classes: int, calibration_archs: int) -> dict[str, Any]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "space_name": space.name, "space_hash": space.hash,
             "runtime": runtime, "runtime_version": runtime_version(runtime), "device": device, "batch": batch,
-            "threads": threads, "num_classes": num_classes, "warmup": warmup, "repeats": repeats}
+            "threads": threads, "num_classes": num_classes, "warmup": warmup, "repeats": repeats,
+            "calibration_archs": calibration_archs}
 
 
+# A rerun resumes a partial table only if it would measure the same way.
 RESUME_KEYS = ("space_hash", "runtime", "runtime_version", "device", "batch", "threads", "num_classes", "warmup",
-               "repeats")
+               "repeats", "calibration_archs")
 
 
 def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_path: str | Path,
                 threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
                 progress: bool = True, num_classes: int | None = None,
+                calibration_archs: int = CALIBRATION_ARCHS,
                 on_entry: Callable[[str, float], None] | None = None) -> LatencyTable:
-    """Measure every distinct part of `space`'s nets and write the table to `out_path` (JSON, rewritten atomically
-    after each entry). A partial table from an interrupted build with the same settings is resumed: its entries
-    are kept and only the rest are measured; one with other settings is refused (BadFileError).
-    `on_entry(key, ms)` is called after each saved entry (progress hooks; the tests interrupt a build with it).
+    """Measure every distinct part of `space`'s nets, then `calibration_archs` seeded random archs end to end to
+    fit the per-call overhead, and write the table to `out_path` (JSON, rewritten atomically after each
+    measurement). A partial table from an interrupted build with the same settings is resumed: what it holds is
+    kept and only the rest is measured; one with other settings is refused (BadFileError).
+
+    `on_entry(key, ms)` is called after each saved measurement (calibration archs: key 'calibration:I').
     """
     from tqdm import tqdm
 
     check_runtime_device(runtime, device)
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"batch and repeats must be >= 1 and warmup >= 0; got batch={batch}, repeats={repeats}, "
-                         f"warmup={warmup}")
+    if batch < 1 or repeats < 1 or warmup < 0 or calibration_archs < 0:
+        raise ValueError(f"batch and repeats must be >= 1, warmup and calibration_archs >= 0; got batch={batch}, "
+                         f"repeats={repeats}, warmup={warmup}, calibration_archs={calibration_archs}")
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     num_classes = space.num_classes if num_classes is None else num_classes
     out_path = Path(out_path)
-    settings = _settings(space, runtime, device, batch, threads, warmup, repeats, num_classes)
-    layout = _Layout(space, num_classes)
-    parts = layout.parts()
+    settings = _settings(space, runtime, device, batch, threads, warmup, repeats, num_classes, calibration_archs)
+    parts = _Layout(space, num_classes).parts()
 
     data = dict(settings, space=space.to_dict(), meta=device_description(device, threads), complete=False,
-                overhead_ms=None, entries={})
+                overhead_ms=None, entries={}, calibration=[])
     if out_path.exists():
         old = read_json_file(out_path, "latency table")
         if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("format_version") != FORMAT_VERSION:
@@ -509,30 +514,57 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
             raise BadFileError(out_path, f"a latency table with other settings: {said}; remove it or choose "
                                          f"another --out")
         data["entries"] = dict(old.get("entries") or {})
-        data["overhead_ms"] = old.get("overhead_ms")
+        data["calibration"] = list(old.get("calibration") or [])
 
     def save() -> None:
-        data["complete"] = data["overhead_ms"] is not None and len(data["entries"]) == len(parts)
         write_json_atomic(out_path, data)
 
-    def measure(part: Part) -> float:
-        module = _fresh_module(part.build)
-        return measure_latency(module, (batch, *part.input_chw), runtime, device, threads, warmup, repeats)
-
-    todo = [p for p in parts if p.key not in data["entries"]]
-    if data["overhead_ms"] is None:
-        # the empty model takes the stem's input: the largest tensor a call binds
-        data["overhead_ms"] = measure_latency(_fresh_module(_Identity), (batch, *parts[0].input_chw), runtime,
-                                              device, threads, warmup, repeats)
-        save()
-    for part in tqdm(todo, desc=f"latency table ({runtime}, {device}, batch {batch})", unit="entry",
-                     disable=not progress, dynamic_ncols=True):
-        data["entries"][part.key] = measure(part)
+    def measured(key: str, ms: float) -> None:
         save()
         if on_entry is not None:
-            on_entry(part.key, data["entries"][part.key])
+            on_entry(key, ms)
+
+    todo = [p for p in parts if p.key not in data["entries"]]
+    for part in tqdm(todo, desc=f"latency table ({runtime}, {device}, batch {batch})", unit="entry",
+                     disable=not progress or not todo, dynamic_ncols=True):
+        module = _fresh_module(part.build)
+        data["entries"][part.key] = measure_latency(module, (batch, *part.input_chw), runtime, device, threads,
+                                                    warmup, repeats)
+        measured(part.key, data["entries"][part.key])
+
+    # Calibration: the entries' plain sum counts one runtime call per part, the net makes one call in all.
+    uncalibrated = LatencyTable(dict(data, overhead_ms=0.0), space, out_path)
+    idx = space.sample_indices(np.random.Generator(np.random.PCG64(CALIBRATION_SEED)), calibration_archs)
+    sums, counts = uncalibrated.predict_batch(idx), part_counts(space, idx)
+    for i in tqdm(range(len(data["calibration"]), calibration_archs), desc="calibration archs", unit="arch",
+                  disable=not progress or len(data["calibration"]) >= calibration_archs, dynamic_ncols=True):
+        arch = space.arch_from_indices(idx[i])
+        ms = measure_arch(uncalibrated, arch)
+        data["calibration"].append({"arch": arch.to_dict(), "parts": int(counts[i]), "sum_ms": float(sums[i]),
+                                    "measured_ms": ms})
+        measured(f"calibration:{i}", ms)
+    data["overhead_ms"] = fit_overhead(data["calibration"])
+    data["complete"] = True
     save()
     return LatencyTable(data, space, out_path)
+
+
+def fit_overhead(rows: Sequence[dict[str, Any]]) -> float:
+    """Least-squares per-call overhead c in `measured = sum - (parts - 1) * c` over calibration rows (0 without
+    rows: OFA's plain sum). Negative when parts run slower inside the net than alone (cold caches)."""
+    if not rows:
+        return 0.0
+    extra = np.array([r["parts"] - 1 for r in rows], dtype=np.float64)
+    excess = np.array([r["sum_ms"] - r["measured_ms"] for r in rows], dtype=np.float64)
+    return float(extra @ excess / (extra @ extra))
+
+
+def part_counts(space: SearchSpace, idx: np.ndarray) -> np.ndarray:
+    """Parts (stem + blocks + head) of each arch of a gene-index array: one runtime call each in the table."""
+    n = space.num_stages
+    d_off = 1 + n + 2
+    depths = [np.array(o, dtype=np.int64) for o in space.choices()["depth"]]
+    return 2 + sum(depths[s][idx[:, d_off + s]] for s in range(n))
 
 
 # ---------------------------------------------------------------------------------------------------------------
