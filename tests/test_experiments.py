@@ -141,3 +141,19 @@ def test_usage_errors(capsys):
     assert exp2.main(["--quick", "--shard", "2/2"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err
+
+
+def test_sampler_pool_coverage_counts_every_draw_once():
+    """bench/sampler_pool.py: distinct + repeated draws add up to all draws, and a pool smaller than the draws
+    must repeat; the whole-space estimate is 0 for a space far larger than the draws."""
+    import sampler_pool
+
+    from attentive import load_space
+    from attentive.sampling import FlopsBuckets
+
+    space = load_space("tiny")
+    buckets = FlopsBuckets.build(space, pool_size=500, min_count=10, seed=0, use_cache=False)
+    c = sampler_pool.pool_coverage(buckets, slots=400, k=3, seed=1)
+    assert c["draws"] == 1200 and c["distinct"] + c["repeated_draws"] == c["draws"]
+    assert c["distinct"] <= 500 and c["repeated_draws"] >= 700
+    assert sampler_pool.whole_space_repeat_fraction(space, 1200) < 1e-5
