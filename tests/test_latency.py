@@ -1,0 +1,311 @@
+"""Latency tables (attentive/latency.py, python -m predictors.latency): the format and its entry count, the
+vectorized prediction against a per-arch walk, resume after an interruption, the refusals, the CLI's exit codes.
+Builds use a two-stage micro space with 1 timed run per entry, so no test depends on the machine's speed."""
+import itertools
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from attentive import load_space
+from attentive.fileio import BadFileError
+from attentive.flops import encode
+from attentive.latency import (FORMAT, FORMAT_VERSION, LatencyTable, block_key, build_table, fit_overhead,
+                               head_key, measure_latency, onnx_bytes, part_counts, stem_key, table_keys)
+from attentive.space import space_from_dict
+from attentive.spec import decode
+from predictors.latency import main as latency_main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MICRO = {
+    "name": "micro", "num_classes": 5, "resolutions": [16, 20], "shortcut": "channel_pad",
+    "stem": {"widths": [8], "stride": 1, "activation": "hswish"},
+    "stages": [
+        {"name": "a", "widths": [8, 16], "depths": [1, 2], "kernel_sizes": [3, 5], "expand_ratios": [1],
+         "stride": 2, "activation": "hswish", "se": False},
+        {"name": "b", "widths": [16, 24], "depths": [1, 2], "kernel_sizes": [3], "expand_ratios": [2, 3],
+         "stride": 2, "activation": "relu", "se": True},
+    ],
+    "head": {"widths": [32, 48], "activation": "hswish"},
+}
+FAST = dict(warmup=0, repeats=1, progress=False, calibration_archs=2)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return space_from_dict(MICRO, where="micro")
+
+
+@pytest.fixture(scope="module")
+def micro_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_table(micro, tmp_path_factory):
+    path = tmp_path_factory.mktemp("table") / "table.json"
+    return build_table(micro, "torch", "cpu", 1, path, threads=1, **FAST)
+
+
+def all_archs(space):
+    return [space.arch_from_indices(i) for i in itertools.product(*[range(n) for n in space.gene_sizes()])]
+
+
+def distinct_configurations(space):
+    """Counted from every arch's decoded spec, independently of the table's per-stage grids."""
+    seen = set()
+    for arch in all_archs(space):
+        spec = decode(space, arch)
+        seen.add(("stem", spec.in_chans, spec.stem_chs, spec.stem_stride, spec.stem_activation, spec.resolution))
+        seen.add(("head", spec.head_in_chs, spec.head_mid_chs, spec.head_out_chs, spec.num_classes,
+                  spec.head_activation, spec.head_in_size))
+        for b in spec.blocks:
+            seen.add(("block", b.in_chs, b.mid_chs, b.out_chs, b.kernel_size, b.stride, b.se_chs, b.expand,
+                      b.activation, b.shortcut, b.in_size))
+    return seen
+
+
+def fake_table(space, seed=0):
+    """A complete table with random entries (no measurement): prediction tests on the full spaces."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    keys = table_keys(space)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "space_name": space.name, "space_hash": space.hash,
+            "runtime": "torch", "runtime_version": torch.__version__, "device": "cpu", "batch": 1, "threads": 1,
+            "num_classes": space.num_classes, "warmup": 0, "repeats": 1, "calibration_archs": 0, "calibration": [],
+            "overhead_ms": 0.003, "meta": {}, "complete": True, "space": space.to_dict(),
+            "entries": {k: float(v) for k, v in zip(keys, rng.uniform(0.01, 1.0, len(keys)))}}
+    return LatencyTable(data, space)
+
+
+# ---- format ----------------------------------------------------------------------------------------------------
+def test_table_format_and_one_entry_per_distinct_configuration(micro, torch_table):
+    data = json.loads(torch_table.path.read_text())
+    assert data["format"] == FORMAT and data["format_version"] == FORMAT_VERSION
+    assert data["space_hash"] == micro.hash and data["runtime"] == "torch" and data["device"] == "cpu"
+    assert data["runtime_version"] == torch.__version__ and data["batch"] == 1 and data["threads"] == 1
+    assert data["complete"] is True and data["warmup"] == 0 and data["repeats"] == 1
+    assert {"cpu", "threads", "torch", "onnxruntime", "python", "date"} <= set(data["meta"])
+    assert len(data["entries"]) == len(distinct_configurations(micro)) == len(table_keys(micro))
+    assert all(v > 0 for v in data["entries"].values())
+    assert len(data["calibration"]) == 2
+    assert data["overhead_ms"] == pytest.approx(fit_overhead(data["calibration"]))
+    loaded = LatencyTable.load(torch_table.path, micro)
+    assert loaded.entries == torch_table.entries and loaded.overhead_ms == torch_table.overhead_ms
+
+
+def test_fit_overhead_is_the_least_squares_per_call_cost():
+    rows = [{"parts": 5, "sum_ms": 1.0, "measured_ms": 0.92}, {"parts": 9, "sum_ms": 2.0, "measured_ms": 1.84}]
+    assert fit_overhead(rows) == pytest.approx(0.02)
+    assert fit_overhead([]) == 0.0
+
+
+# ---- prediction ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny", "attentivenas"])
+def test_predict_batch_is_the_sum_of_the_arch_entries(name):
+    space = load_space(name)
+    table = fake_table(space)
+    rng = np.random.Generator(np.random.PCG64(1))
+    idx = space.sample_indices(rng, 40)
+    archs = [space.arch_from_indices(i) for i in idx] + [space.min_arch(), space.max_arch()]
+    idx = encode(space, archs)
+    expected = []
+    for arch in archs:  # walk the decoded net: stem, every block, head
+        spec = decode(space, arch)
+        keys = [stem_key(spec), *[block_key(b) for b in spec.blocks], head_key(spec)]
+        expected.append(sum(table.entries[k] for k in keys) - (len(keys) - 1) * table.overhead_ms)
+    np.testing.assert_allclose(table.predict_batch(idx), expected, rtol=1e-12)
+    np.testing.assert_allclose(table.predict_batch(archs), expected, rtol=1e-12)
+    assert [table.predict(a) for a in archs] == pytest.approx(expected, rel=1e-12)
+    assert part_counts(space, idx).tolist() == [len(decode(space, a).blocks) + 2 for a in archs]
+    assert table.predict_batch(idx).dtype == np.float64
+
+
+def test_predict_batch_refuses_a_wrong_shape():
+    space = load_space("tiny")
+    with pytest.raises(ValueError, match="shape"):
+        fake_table(space).predict_batch(np.zeros((3, 2), dtype=np.int64))
+
+
+# ---- resume ----------------------------------------------------------------------------------------------------
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_build_resumes_measuring_only_the_rest(micro, tmp_path):
+    path = tmp_path / "t.json"
+    done = []
+
+    def stop_after_3(key, ms):
+        done.append(key)
+        if len(done) == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        build_table(micro, "torch", "cpu", 1, path, threads=1, on_entry=stop_after_3, **FAST)
+    partial = json.loads(path.read_text())
+    assert partial["complete"] is False and sorted(partial["entries"]) == sorted(done)
+    with pytest.raises(BadFileError, match="unfinished latency table"):
+        LatencyTable.load(path, micro)
+
+    again = []
+    table = build_table(micro, "torch", "cpu", 1, path, threads=1, on_entry=lambda k, ms: again.append(k), **FAST)
+    keys = table_keys(micro)
+    assert sorted(again) == sorted([k for k in keys if k not in done] + ["calibration:0", "calibration:1"])
+    assert {k: table.entries[k] for k in done} == {k: partial["entries"][k] for k in done}
+    assert LatencyTable.load(path, micro).entries == table.entries
+
+    rerun = []
+    build_table(micro, "torch", "cpu", 1, path, threads=1, on_entry=lambda k, ms: rerun.append(k), **FAST)
+    assert rerun == []  # a finished table is not measured again
+
+
+def test_resuming_with_other_settings_is_refused(micro, torch_table, tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(torch_table.path.read_bytes())
+    with pytest.raises(BadFileError, match=r"other settings: .*batch 1 \(asked for 2\)"):
+        build_table(micro, "torch", "cpu", 2, path, threads=1, **FAST)
+    path.write_text('{"something": "else"}')
+    with pytest.raises(BadFileError, match="refusing to overwrite"):
+        build_table(micro, "torch", "cpu", 1, path, threads=1, **FAST)
+
+
+# ---- refusals --------------------------------------------------------------------------------------------------
+def edited(table, tmp_path, **changes):
+    data = json.loads(table.path.read_text())
+    data.update(changes)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_load_refuses_a_table_for_another_space(micro, torch_table):
+    with pytest.raises(BadFileError, match=r"another space \('micro'.*this space is 'tiny'") as e:
+        LatencyTable.load(torch_table.path, load_space("tiny"))
+    assert str(torch_table.path) in str(e.value)
+
+
+def test_load_refuses_another_runtime_version(micro, torch_table, tmp_path):
+    path = edited(torch_table, tmp_path, runtime_version="0.0.1")
+    expected = re.escape(f"measured with torch 0.0.1, but torch {torch.__version__} is installed")
+    with pytest.raises(BadFileError, match=expected):
+        LatencyTable.load(path, micro)
+
+
+def test_load_refuses_another_batch_when_asked(micro, torch_table):
+    with pytest.raises(BadFileError, match="batch 1, batch 8 asked for"):
+        LatencyTable.load(torch_table.path, micro, batch=8)
+    assert LatencyTable.load(torch_table.path, micro, batch=1).batch == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "attentive.subnet"}, "not a latency table"),
+    ({"format_version": 99}, "format version 99"),
+    ({"runtime": "tflite"}, "unknown runtime 'tflite'"),
+    ({"entries": {"stem": -1}}, "non-negative milliseconds"),
+])
+def test_load_refuses_foreign_or_edited_tables(micro, torch_table, tmp_path, change, message):
+    with pytest.raises(BadFileError, match=message):
+        LatencyTable.load(edited(torch_table, tmp_path, **change), micro)
+
+
+def test_load_refuses_torn_missing_and_incomplete_files(micro, torch_table, tmp_path):
+    torn = tmp_path / "torn.json"
+    torn.write_bytes(torch_table.path.read_bytes()[:200])
+    with pytest.raises(BadFileError, match="not a readable latency table"):
+        LatencyTable.load(torn, micro)
+    with pytest.raises(BadFileError, match="no such latency table"):
+        LatencyTable.load(tmp_path / "missing.json", micro)
+    data = json.loads(torch_table.path.read_text())
+    data["entries"].pop(next(iter(data["entries"])))
+    path = tmp_path / "fewer.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadFileError, match="1 entries missing"):
+        LatencyTable.load(path, micro)
+
+
+# ---- onnxruntime -----------------------------------------------------------------------------------------------
+def test_onnxruntime_table_and_measure_latency_of_an_onnx_file(micro, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    table = build_table(micro, "onnxruntime", "cpu", 2, tmp_path / "ort.json", threads=1, **FAST)
+    assert table.runtime_version == onnxruntime.__version__ and table.batch == 2
+    assert len(table.entries) == len(table_keys(micro))
+    arch = micro.max_arch()
+    assert table.predict(arch) > 0
+    net = torch.nn.Conv2d(3, 4, 3)
+    onnx_path = tmp_path / "conv.onnx"
+    onnx_path.write_bytes(onnx_bytes(net, (1, 3, 8, 8)))
+    assert measure_latency(onnx_path, (2, 3, 8, 8), "onnxruntime", "cpu", threads=1, warmup=0, repeats=2) > 0
+    with pytest.raises(BadFileError, match="no such ONNX file"):
+        measure_latency(tmp_path / "none.onnx", (1, 3, 8, 8), "onnxruntime", "cpu", 1, 0, 1)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+def run_cli(argv, capsys):
+    try:
+        code = latency_main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--space", "tiny", "--runtime", "tflite", "--device", "cpu", "--batch", "1", "--out", "x.json"],
+     "invalid choice: 'tflite'"),
+    (["build", "--space", "tiny", "--runtime", "torch", "--device", "cpu", "--batch", "0", "--out", "x.json"],
+     "--batch must be >= 1, got 0"),
+    (["build", "--space", "tiny", "--runtime", "torch", "--device", "cpu", "--batch", "1", "--out", "x.json",
+      "--repeats", "0"], "--repeats must be >= 1"),
+    (["build", "--space", "nospace", "--runtime", "torch", "--device", "cpu", "--batch", "1", "--out", "x.json"],
+     "no search space named 'nospace'"),
+    (["build", "--space", "tiny", "--runtime", "torch", "--device", "cpu"], "required: --batch, --out"),
+    (["validate", "--table", "x.json", "--num-archs", "1"], "--num-archs must be >= 2"),
+    ([], "required"),
+])
+def test_cli_usage_errors_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run_cli(argv, capsys)
+    assert code == 2 and message in out.err and "python -m predictors.latency" in out.err
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_cuda_without_cuda_exits_2(capsys, tmp_path):
+    code, out = run_cli(["build", "--space", "tiny", "--runtime", "torch", "--device", "cuda", "--batch", "1",
+                         "--out", str(tmp_path / "x.json")], capsys)
+    assert code == 2 and "CUDA is not available" in out.err
+
+
+def test_cli_bad_tables_exit_2_naming_the_file(micro_yaml, torch_table, capsys, tmp_path):
+    torn = tmp_path / "torn.json"
+    torn.write_bytes(torch_table.path.read_bytes()[:100])
+    code, out = run_cli(["validate", "--table", str(torn), "--num-archs", "2", "--space", str(micro_yaml)], capsys)
+    assert code == 2 and str(torn) in out.err and "not a readable latency table" in out.err
+    code, out = run_cli(["validate", "--table", str(torch_table.path), "--num-archs", "2", "--space", "tiny"],
+                        capsys)
+    assert code == 2 and str(torch_table.path) in out.err and "another space" in out.err
+    code, out = run_cli(["validate", "--table", str(tmp_path / "none.json"), "--num-archs", "2"], capsys)
+    assert code == 2 and "no such latency table" in out.err
+
+
+def test_cli_build_then_validate(micro_yaml, capsys, tmp_path):
+    table = tmp_path / "table.json"
+    code, out = run_cli(["build", "--space", str(micro_yaml), "--runtime", "torch", "--device", "cpu", "--batch",
+                         "1", "--out", str(table), "--threads", "1", "--warmup", "0", "--repeats", "1",
+                         "--calibration-archs", "2", "--no-progress"], capsys)
+    assert code == 0, out.err
+    assert f"{len(table_keys(space_from_dict(MICRO)))} entries" in out.out
+    code, out = run_cli(["validate", "--table", str(table), "--num-archs", "3", "--out", str(tmp_path / "val"),
+                         "--no-progress"], capsys)
+    assert code == 0, out.err
+    assert "MAPE" in out.out and "Kendall tau" in out.out and "largest error" in out.out
+    assert (tmp_path / "val" / "latency_validation.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "val" / "latency_validation.json").read_text())
+    assert len(rows["rows"]) == 3 and rows["summary"]["num_archs"] == 3
+    errors = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in rows["rows"]]
+    assert rows["summary"]["mape_pct"] == pytest.approx(np.mean(errors))
