@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -135,13 +135,16 @@ def export_subnet(
     force: bool = False,
     channels_last: bool = False,
     extra: dict[str, Any] | None = None,
+    after_export: Callable[[nn.Module, Path | None], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Extract `arch` from `supernet`, recalibrate its BN statistics on `calib_batches` (training images),
     measure it, and write the export directory `out_dir`. Returns the metrics written to metrics.json.
 
     Refuses (ValueError) an arch whose MFLOPs exceed `budget`, before any work. Held-out and test top-1 are
     measured on the exported net itself when their loaders are given. `channels_last` only changes the memory
-    format of the images (faster on CPU). `extra` is merged into the metrics.
+    format of the images (faster on CPU). `extra` is merged into the metrics. `after_export(net, onnx_file)` is
+    called once the weights and the ONNX file (None without ONNX) are written, before metrics.json: what it returns
+    is merged into the metrics (search.py measures the exported model's latency with it).
     """
     space: SearchSpace = supernet.space
     arch = Arch.from_dict(arch) if isinstance(arch, dict) else arch
@@ -187,6 +190,8 @@ def export_subnet(
                           f"# fvcore per-layer FLOPs (conv + linear multiply-adds), input 1x{space.in_chans}x"
                           f"{arch.resolution}x{arch.resolution}\n{table}\n")
         metrics["onnx"] = export_onnx(net, tmp / ONNX_FILE, arch.resolution, space.in_chans) if onnx else None
+        if after_export is not None:
+            metrics.update(after_export(net, tmp / ONNX_FILE if onnx else None))
         write_json_atomic(tmp / METRICS_FILE, metrics)
     return metrics
 

@@ -1,21 +1,28 @@
-"""Search-and-select: from a trained supernet and a fast objective to one measured, exported subnet per FLOPs
-budget. This is the library behind ``search.py``.
+"""Search-and-select: from a trained supernet and a fast objective to one measured, exported subnet per budget.
+This is the library behind ``search.py``.
 
-1. `search_budgets`: for each budget, evolution under the FLOPs constraint (attentive.search.evolve_search) keeps
+A budget (`Budget`) is MFLOPs, a latency in ms predicted by a latency table (attentive.latency), or both: the export
+must satisfy each. FLOPs budgets may be given as plain numbers.
+
+1. `search_budgets`: for each budget, evolution under its constraints (attentive.search.evolve_search) keeps
    the top-K archs; a whole-front search (attentive.search.pareto_search) traces the predicted front over the
-   space's FLOPs range. One cached `Objective` is shared, so no arch is scored twice.
+   space's range of MFLOPs, or of latency when a latency table is given. One cached `Objective` is shared, so no
+   arch is scored twice.
 2. `candidate_rows`: what to measure: the top-K of every budget, the min and max nets and `front_measure` archs
    spread along the predicted front (the rest of the front is kept in the table, unmeasured).
 3. `measure_candidates`: BN recalibrated on training images, top-1 on the held-out split of the training set
    (attentive.measure.measure_archs).
 4. `choose_per_budget`: for each budget, the measured arch with the best held-out top-1 among all measured archs
-   that fit it (ties: fewer MFLOPs). Only the chosen archs are exported (attentive.export.export_subnet), and only
-   then is their test top-1 measured, for the report (attentive.report).
+   that fit it (ties: fewer MFLOPs, or lower latency for a latency-only budget). Only the chosen archs are exported
+   (attentive.export.export_subnet), and only then is their test top-1 measured, for the report
+   (attentive.report). With a latency table each export also records its predicted latency and the latency
+   measured on the exported model (its ONNX file for onnxruntime, the static net for torch) as the table was built.
 
 `search_and_select` runs the whole pipeline into one output directory; `export_arch` exports one given arch.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -34,11 +41,13 @@ from .export import export_subnet
 from .fileio import atomic_directory
 from .fileio import BadFileError
 from .flops import count_flops, count_params
+from .latency import LatencyTable, measure_latency
 from .measure import measure_archs
 from .report import budget_dir_name, write_pareto, write_summary
 from .scoring import ScoreFn
-from .search import (EvolutionOptions, EvolutionResult, Objective, ParetoOptions, ParetoResult, check_budget,
-                     evolve_search, flops_range, hypervolume, non_dominated, pareto_search)
+from .search import (Constraint, Cost, EvolutionOptions, EvolutionResult, Objective, ParetoOptions, ParetoResult,
+                     check_budget, check_constraint, cost_range, evolve_search, flops_range, hypervolume,
+                     non_dominated, pareto_search)
 from .space import Arch, SearchSpace, load_space
 from .supernet import Supernet
 
@@ -60,11 +69,65 @@ class SearchObjective:
     expensive: bool = False  # True: use SMALL_SEARCH / SMALL_FRONT unless the population/generations are given
 
 
+LATENCY = "latency_ms"  # the latency cost's name: a row key, a Candidate cost
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One export's budget: analytic MFLOPs, latency in ms (predicted by the search's latency table), or both
+    (then the export satisfies each)."""
+
+    mflops: float | None = None
+    latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mflops is None and self.latency_ms is None:
+            raise ValueError("a budget needs MFLOPs and/or milliseconds")
+
+    @property
+    def label(self) -> str:
+        """Its key in search.json and in the roles: "5" (MFLOPs only, as before latency budgets), "1.5ms",
+        "5mflops_1.5ms"."""
+        if self.latency_ms is None:
+            return f"{self.mflops:g}"
+        return budget_dir_name(self.mflops, self.latency_ms).removeprefix("subnet_")
+
+    @property
+    def dir_name(self) -> str:
+        return budget_dir_name(self.mflops, self.latency_ms)
+
+    def describe(self) -> str:
+        """"5 MFLOPs", "1.5 ms" or "5 MFLOPs and 1.5 ms"."""
+        return " and ".join(([f"{self.mflops:g} MFLOPs"] if self.mflops is not None else [])
+                            + ([f"{self.latency_ms:g} ms"] if self.latency_ms is not None else []))
+
+    def fits(self, row: Mapping[str, Any]) -> bool:
+        """Whether a candidate row ("mflops", and "latency_ms" for a latency budget) is within the budget."""
+        return (self.mflops is None or row["mflops"] <= self.mflops) and \
+            (self.latency_ms is None or row[LATENCY] <= self.latency_ms)
+
+
+def as_budget(budget: float | Budget) -> Budget:
+    """A plain number is a FLOPs budget."""
+    return budget if isinstance(budget, Budget) else Budget(mflops=float(budget))
+
+
+def pair_budgets(mflops: Sequence[float], latency_ms: Sequence[float]) -> list[Budget]:
+    """The budgets of a search: MFLOPs only, ms only, or both in pairs (the i-th MFLOPs budget with the i-th ms
+    budget, in the order given: each export satisfies both). ValueError for two lists of different lengths."""
+    if mflops and latency_ms:
+        if len(mflops) != len(latency_ms):
+            raise ValueError(f"{len(mflops)} MFLOPs budgets and {len(latency_ms)} ms budgets: with both, give them "
+                             f"in pairs, the same number of each (the i-th MFLOPs budget goes with the i-th ms budget)")
+        return [Budget(float(f), float(ms)) for f, ms in zip(mflops, latency_ms)]
+    return [Budget(float(f), None) for f in mflops] + [Budget(None, float(ms)) for ms in latency_ms]
+
+
 @dataclass(frozen=True)
 class SelectOptions:
     """Everything `search_and_select` and `export_arch` need besides the supernet, objective and data."""
 
-    budgets: tuple[float, ...] = ()
+    budgets: tuple[float | Budget, ...] = ()  # a number is a FLOPs budget
     top_k: int = 5  # candidates per budget re-ranked by held-out top-1
     front_measure: int = 8  # archs of the predicted front also measured
     population: int | None = None  # evolution and front population (default: the search's, or SMALL_* if expensive)
@@ -118,6 +181,69 @@ def check_budgets(space: SearchSpace, budgets: Sequence[float], num_classes: int
     for b in budgets:
         check_budget(space, b, num_classes)
     return sorted(set(float(b) for b in budgets))
+
+
+def latency_cost(table: LatencyTable) -> Cost:
+    """A latency table's vectorized prediction (ms) as a search `Cost`."""
+    return Cost(LATENCY, "ms", table.predict_batch)
+
+
+def check_select_budgets(space: SearchSpace, budgets: Sequence[float | Budget], num_classes: int | None = None,
+                         latency: Cost | None = None) -> list[Budget]:
+    """The budgets as `Budget`s, sorted (by MFLOPs, then ms) and deduplicated. ValueError for no budget, a ms budget
+    without a `latency` cost, or naming the smallest subnet's cost for a budget below it."""
+    if len(budgets) == 0:
+        raise ValueError("no budget given")
+    checked = [as_budget(b) for b in budgets]
+    for b in checked:
+        if b.mflops is not None:
+            check_budget(space, b.mflops, num_classes)
+        if b.latency_ms is not None:
+            if latency is None:
+                raise ValueError(f"budget {b.describe()} is in milliseconds, which needs a latency table")
+            check_constraint(space, Constraint(latency, b.latency_ms))
+    return sorted(set(checked), key=lambda b: (b.mflops is None, b.mflops or 0.0, b.latency_ms or 0.0))
+
+
+def load_latency_table(path: str | Path, space: SearchSpace, num_classes: int) -> LatencyTable:
+    """The latency table in `path` for `space` (attentive.latency.LatencyTable.load: BadFileError naming the file
+    for a torn, foreign, unfinished table, another space or another runtime version), also refused when its
+    classifier head has another number of classes than the supernet's."""
+    table = LatencyTable.load(path, space)
+    if table.num_classes != num_classes:
+        raise BadFileError(path, f"latency table measured with a {table.num_classes}-class head, but the supernet "
+                                 f"has {num_classes} classes; build a table for {num_classes} classes")
+    return table
+
+
+def latency_identity(table: LatencyTable) -> dict[str, Any]:
+    """What every latency figure records about its table: file, runtime (and version), device, batch, threads."""
+    return {"path": None if table.path is None else str(table.path), "runtime": table.runtime,
+            "runtime_version": table.runtime_version, "device": table.device, "batch": table.batch,
+            "threads": table.threads, "cpu": table.meta.get("cpu"), "gpu": table.meta.get("gpu")}
+
+
+def latency_metrics(table: LatencyTable, arch: Arch, budget_ms: float | None = None) -> Any:
+    """The `after_export` hook of `export_subnet` for a search with a latency table: the table's predicted
+    latency of `arch`, and the latency measured on the exported model with the table's runtime, device, batch,
+    threads, warm-up and repeats (onnxruntime: the exported model.onnx, or the net exported in memory without
+    ONNX files; torch: the static net)."""
+
+    def measure(net: nn.Module, onnx_file: Path | None) -> dict[str, Any]:
+        shape = (table.batch, table.space.in_chans, arch.resolution, arch.resolution)
+        use_file = table.runtime == "onnxruntime" and onnx_file is not None
+        model = onnx_file if use_file else copy.deepcopy(net)  # measuring moves a module: leave the export alone
+        measured = measure_latency(model, shape, table.runtime, table.device, table.threads,
+                                   table.data["warmup"], table.data["repeats"])
+        predicted = table.predict(arch)
+        out = {"predicted_latency_ms": predicted, "measured_latency_ms": measured,
+               "latency_measured_on": onnx_file.name if use_file else f"static net ({table.runtime})",
+               "latency_table": latency_identity(table)}
+        if budget_ms is not None:
+            out.update(budget_latency_ms=budget_ms, under_latency_budget=bool(predicted <= budget_ms))
+        return out
+
+    return measure
 
 
 def load_search_checkpoint(path: str | Path, device: torch.device | str = "cpu",
@@ -191,31 +317,39 @@ def search_options(options: SelectOptions, expensive: bool) -> tuple[dict[str, A
     return evolution, front
 
 
-def search_budgets(space: SearchSpace, objective: Objective, budgets: Sequence[float], options: SelectOptions,
-                   num_classes: int | None = None, expensive: bool = False) -> BudgetSearch:
-    """Evolution per budget (top `options.top_k`), then the predicted front, all on one cached `objective`."""
+def search_budgets(space: SearchSpace, objective: Objective, budgets: Sequence[float | Budget],
+                   options: SelectOptions, num_classes: int | None = None, expensive: bool = False,
+                   latency: Cost | None = None) -> BudgetSearch:
+    """Evolution per budget (top `options.top_k`; `per_budget` keyed by the budgets as given), then the predicted
+    front, all on one cached `objective`. `latency` (e.g. `latency_cost(table)`) is the cost of ms budgets and the
+    front's x-axis; without it the front is against MFLOPs."""
     evolution, front_kw = search_options(options, expensive)
     per_budget = {}
     for b in budgets:
-        r = evolve_search(space, objective, b, seed=options.seed, top_k=options.top_k, num_classes=num_classes,
-                          progress=options.progress, **evolution)
+        budget = as_budget(b)
+        if budget.latency_ms is not None and latency is None:
+            raise ValueError(f"budget {budget.describe()} is in milliseconds, which needs a latency cost")
+        constraints = [] if budget.latency_ms is None else [Constraint(latency, budget.latency_ms)]
+        r = evolve_search(space, objective, budget.mflops, seed=options.seed, constraints=constraints,
+                          top_k=options.top_k, num_classes=num_classes, progress=options.progress, **evolution)
         per_budget[b] = r
-        _log(f"budget {b:g} MFLOPs: {r.generations} generations, {r.num_seen} archs scored "
-             f"({r.archs_per_second:,.0f}/s, {r.seconds:.2f}s); best predicted {r.best.score:.3f} at "
-             f"{r.best.mflops:.4g} MFLOPs")
-    front = pareto_search(space, objective, seed=options.seed, num_classes=num_classes, progress=options.progress,
-                          **front_kw)
-    lo, hi = flops_range(space, num_classes)
-    _log(f"predicted front: {len(front.front)} archs over {lo:.4g}..{hi:.4g} MFLOPs, hypervolume "
+        at = f"{r.best.mflops:.4g} MFLOPs" + ("" if budget.latency_ms is None else f", {r.best.cost(LATENCY):.4g} ms")
+        _log(f"budget {budget.describe()}: {r.generations} generations, {r.num_seen} archs scored "
+             f"({r.archs_per_second:,.0f}/s, {r.seconds:.2f}s); best predicted {r.best.score:.3f} at {at}")
+    front = pareto_search(space, objective, seed=options.seed, axis=latency, num_classes=num_classes,
+                          progress=options.progress, **front_kw)
+    lo, hi = flops_range(space, num_classes) if latency is None else cost_range(space, latency)
+    _log(f"predicted front: {len(front.front)} archs over {lo:.4g}..{hi:.4g} "
+         f"{'MFLOPs' if latency is None else latency.unit}, hypervolume "
          f"{front.hypervolume:.4g}, {front.num_seen} archs scored in {front.seconds:.2f}s")
     return BudgetSearch(per_budget, front, evolution, front_kw)
 
 
 def candidate_rows(space: SearchSpace, num_classes: int, objective: Objective, searched: BudgetSearch,
-                   front_measure: int) -> list[dict[str, Any]]:
+                   front_measure: int, latency: Cost | None = None) -> list[dict[str, Any]]:
     """Every arch the searches returned as a report row (see attentive.report), sorted by (MFLOPs, id). Rows
-    with roles are to be measured: "min", "max", "top<k>@<budget>", "front" (`front_measure` archs evenly
-    spaced along the predicted front)."""
+    with roles are to be measured: "min", "max", "top<k>@<budget label>", "front" (`front_measure` archs evenly
+    spaced along the predicted front). With `latency` the rows also hold "latency_ms" and "exported_for_ms"."""
     rows: dict[str, dict[str, Any]] = {}
 
     def add(arch: Arch, predicted: float | None, role: str | None = None) -> None:
@@ -226,6 +360,9 @@ def candidate_rows(space: SearchSpace, num_classes: int, objective: Objective, s
                 "mparams": count_params(space, arch, num_classes), "predicted": predicted, "holdout_top1": None,
                 "test_top1": None, "roles": [], "on_front": False, "on_predicted_front": False,
                 "exported_for_mflops": []}
+            if latency is not None:
+                row[LATENCY] = float(latency(np.array([space.arch_to_indices(arch)]))[0])
+                row["exported_for_ms"] = []
         if predicted is not None:
             row["predicted"] = predicted
         if role is not None and role not in row["roles"]:
@@ -237,7 +374,7 @@ def candidate_rows(space: SearchSpace, num_classes: int, objective: Objective, s
     add(ends[1], float(end_scores[1]), "max")
     for b, r in searched.per_budget.items():
         for rank, c in enumerate(r.top):
-            add(c.arch, c.score, f"top{rank + 1}@{b:g}")
+            add(c.arch, c.score, f"top{rank + 1}@{as_budget(b).label}")
     front = searched.front.front
     for c in front:
         add(c.arch, c.score)
@@ -264,26 +401,29 @@ def measure_candidates(supernet: nn.Module, rows: Sequence[dict[str, Any]], data
 
 
 def choose_per_budget(measured: Sequence[Mapping[str, Any]],
-                      budgets: Sequence[float]) -> dict[float, Mapping[str, Any]]:
-    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted"):
-    the best held-out top-1 within the budget; at equal top-1 the one with fewer MFLOPs, which dominates it,
-    then the higher predicted score. Raises ValueError naming a budget that no candidate fits."""
+                      budgets: Sequence[float | Budget]) -> dict[float | Budget, Mapping[str, Any]]:
+    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted", and
+    "latency_ms" for ms budgets): the best held-out top-1 within the budget; at equal top-1 the cheaper one, which
+    dominates it (fewer MFLOPs; lower latency for a budget in ms only), then the higher predicted score. Keyed by
+    the budgets as given. Raises ValueError naming a budget that no candidate fits."""
     chosen = {}
     for b in budgets:
-        fits = [row for row in measured if row["mflops"] <= b]
+        budget = as_budget(b)
+        cost = "mflops" if budget.mflops is not None else LATENCY
+        fits = [row for row in measured if budget.fits(row)]
         if not fits:
-            raise ValueError(f"no measured arch fits the budget of {b:g} MFLOPs")
-        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row["mflops"], row["predicted"]))
+            raise ValueError(f"no measured arch fits the budget of {budget.describe()}")
+        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row[cost], row["predicted"]))
     return chosen
 
 
-def mark_fronts(rows: Sequence[dict[str, Any]]) -> None:
-    """Set "on_predicted_front" (non-dominated in MFLOPs x predicted) and "on_front" (in MFLOPs x held-out top-1,
-    measured rows only)."""
+def mark_fronts(rows: Sequence[dict[str, Any]], x: str = "mflops") -> None:
+    """Set "on_predicted_front" (non-dominated in `x` x predicted; `x` is "mflops" or "latency_ms") and "on_front"
+    (in `x` x held-out top-1, measured rows only)."""
     for flag, key in (("on_predicted_front", "predicted"), ("on_front", "holdout_top1")):
         scored = [r for r in rows if r[key] is not None]
         if scored:
-            for i in non_dominated([r["mflops"] for r in scored], [r[key] for r in scored]):
+            for i in non_dominated([r[x] for r in scored], [r[key] for r in scored]):
                 scored[i][flag] = True
 
 
@@ -293,24 +433,31 @@ def mark_fronts(rows: Sequence[dict[str, Any]]) -> None:
 
 def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: DataSplits, options: SelectOptions,
                       out_dir: str | Path, device: torch.device, *, force: bool = False,
-                      provenance: Mapping[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
+                      provenance: Mapping[str, Any] | None = None, started: float | None = None,
+                      latency: LatencyTable | None = None) -> dict[str, Any]:
     """Search, measure, choose and export one subnet per budget of `options.budgets` into `out_dir`, with the
     reports (pareto.csv/json/png, search.json). `out_dir` is written to a temporary sibling and renamed at the
     end; an existing one is replaced only with `force`. Returns the summary (search.json). `provenance` (e.g.
     `checkpoint_provenance`) goes into every export's metrics; `started` (perf_counter) is when the caller began,
-    for the total time."""
+    for the total time. `latency` (e.g. `load_latency_table(...)`) is the latency model of budgets in ms; with
+    it every export records its predicted and measured latency, and the fronts and the plot are against latency."""
     start = time.perf_counter() if started is None else started
     provenance = dict(provenance or {})
     space: SearchSpace = supernet.space
     num_classes = int(supernet.num_classes)
-    budgets = check_budgets(space, options.budgets, num_classes)
+    cost = None if latency is None else latency_cost(latency)
+    budgets = check_select_budgets(space, options.budgets, num_classes, cost)
     lo, hi = flops_range(space, num_classes)
+    ms_span = None if cost is None else cost_range(space, cost)
     for b in budgets:
-        if b > hi:
-            _log(f"budget {b:g} MFLOPs is above the largest subnet ({hi:.4g} MFLOPs): searching the whole space")
+        if b.mflops is not None and b.mflops > hi:
+            _log(f"budget {b.mflops:g} MFLOPs is above the largest subnet ({hi:.4g} MFLOPs): searching the whole space")
+        if ms_span is not None and b.latency_ms is not None and b.latency_ms > ms_span[1]:
+            _log(f"budget {b.latency_ms:g} ms is above the largest subnet's predicted latency ({ms_span[1]:.4g} ms): "
+                 f"no latency limit")
     cached = Objective(space, objective.score_fn)
-    searched = search_budgets(space, cached, budgets, options, num_classes, objective.expensive)
-    rows = candidate_rows(space, num_classes, cached, searched, options.front_measure)
+    searched = search_budgets(space, cached, budgets, options, num_classes, objective.expensive, cost)
+    rows = candidate_rows(space, num_classes, cached, searched, options.front_measure, cost)
     to_measure = [r for r in rows if r["roles"]]
     data = selection_data(splits, options, device)
     measure_seconds = measure_candidates(supernet, to_measure, data, device, options.progress)
@@ -318,34 +465,48 @@ def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: D
          f"{measure_seconds:.1f}s")
     chosen = choose_per_budget(to_measure, budgets)
     for b, row in chosen.items():
-        row["exported_for_mflops"].append(b)
-    mark_fronts(rows)
+        if b.mflops is not None:
+            row["exported_for_mflops"].append(b.mflops)
+        if b.latency_ms is not None:
+            row["exported_for_ms"].append(b.latency_ms)
+    x_axis = "mflops" if latency is None else LATENCY
+    mark_fronts(rows, x_axis)
 
     summary: dict[str, Any] = {"budgets": {}}
     with atomic_directory(out_dir, force) as tmp:
         for b in _progress(budgets, options.progress, "export"):
             row = chosen[b]
+            arch = Arch.from_dict(row["arch"])
             metrics = export_subnet(
-                tmp / budget_dir_name(b), supernet, Arch.from_dict(row["arch"]), data.calib,
-                holdout_loader=data.holdout, test_loader=data.test, budget=b, device=device, onnx=options.onnx,
+                tmp / b.dir_name, supernet, arch, data.calib,
+                holdout_loader=data.holdout, test_loader=data.test, budget=b.mflops, device=device, onnx=options.onnx,
                 channels_last=data.channels_last,
                 extra={**provenance, "objective": objective.description, "predicted": row["predicted"],
                        "search_holdout_top1": row["holdout_top1"], "search_roles": row["roles"],
-                       "rerank_holdout_images": data.rerank_images})
+                       "rerank_holdout_images": data.rerank_images},
+                after_export=None if latency is None else latency_metrics(latency, arch, b.latency_ms))
             row["test_top1"] = metrics["test_top1"]
             r = searched.per_budget[b]
-            summary["budgets"][f"{b:g}"] = {
-                "dir": budget_dir_name(b), "mflops": metrics["mflops"], "fvcore_mflops": metrics["fvcore_mflops"],
+            entry = summary["budgets"][b.label] = {
+                "dir": b.dir_name, "mflops": metrics["mflops"], "fvcore_mflops": metrics["fvcore_mflops"],
                 "mparams": metrics["mparams"], "predicted": row["predicted"],
                 "holdout_top1": metrics["holdout_top1"], "test_top1": metrics["test_top1"],
-                "search": {"generations": r.generations, "archs_scored": r.num_seen,
-                           "archs_per_second": r.archs_per_second, "seconds": r.seconds,
-                           "clamped_to_mflops": r.max_mflops},
             }
+            if latency is not None:
+                entry.update(predicted_latency_ms=metrics["predicted_latency_ms"],
+                             measured_latency_ms=metrics["measured_latency_ms"])
+            entry["search"] = {"generations": r.generations, "archs_scored": r.num_seen,
+                               "archs_per_second": r.archs_per_second, "seconds": r.seconds,
+                               "clamped_to_mflops": r.max_mflops}
+            if b.latency_ms is not None:
+                entry["search"]["clamped_to_ms"] = r.budgets[LATENCY]
         summary.update(_summary(space, num_classes, objective, cached, searched, rows, options, data, (lo, hi),
-                                measure_seconds, provenance.get("checkpoint")))
-        write_pareto(tmp, rows, budgets, space_name=space.name, space_hash=space.hash,
-                     objective=objective.description, predicted_is_accuracy=objective.predicts_accuracy)
+                                measure_seconds, provenance.get("checkpoint"), latency, ms_span))
+        plotted = [b.mflops for b in budgets if b.mflops is not None] if latency is None else \
+            [b.latency_ms for b in budgets if b.latency_ms is not None]
+        write_pareto(tmp, rows, plotted, space_name=space.name, space_hash=space.hash,
+                     objective=objective.description, predicted_is_accuracy=objective.predicts_accuracy,
+                     latency_table=None if latency is None else latency_identity(latency))
         summary["seconds"] = time.perf_counter() - start
         write_summary(tmp, summary)
     return summary
@@ -353,15 +514,19 @@ def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: D
 
 def _summary(space: SearchSpace, num_classes: int, objective: SearchObjective, cached: Objective,
              searched: BudgetSearch, rows: Sequence[dict[str, Any]], options: SelectOptions, data: SelectionData,
-             flops_span: tuple[float, float], measure_seconds: float, checkpoint: Any) -> dict[str, Any]:
+             flops_span: tuple[float, float], measure_seconds: float, checkpoint: Any,
+             latency: LatencyTable | None = None, ms_span: tuple[float, float] | None = None) -> dict[str, Any]:
     measured = [r for r in rows if r["holdout_top1"] is not None]
-    reference = (flops_span[1], min(r["holdout_top1"] for r in measured))
+    x_axis, x_span = ("mflops", flops_span) if latency is None or ms_span is None else (LATENCY, ms_span)
+    reference = (x_span[1], min(r["holdout_top1"] for r in measured))
     score_input = "indices" if getattr(objective.score_fn, "accepts_indices", False) else "archs"
     front = searched.front
+    latency_keys = {} if latency is None else {"latency_table": latency_identity(latency),
+                                               "latency_range_ms": list(ms_span or ()), "x_axis": x_axis}
     return {
         "checkpoint": checkpoint, "space_name": space.name, "space_hash": space.hash,
         "objective": objective.description, "seed": options.seed, "top_k": options.top_k,
-        "flops_range_mflops": list(flops_span),
+        "flops_range_mflops": list(flops_span), **latency_keys,
         "evolution_options": {**asdict(EvolutionOptions(**searched.evolution_options)), "top_k": options.top_k,
                               "num_classes": num_classes, "score_input": score_input, "progress": options.progress},
         "front_options": {**asdict(ParetoOptions(**searched.front_options)), "num_classes": num_classes,
@@ -370,7 +535,7 @@ def _summary(space: SearchSpace, num_classes: int, objective: SearchObjective, c
                             "reference": list(front.reference), "archs_scored": front.num_seen,
                             "seconds": front.seconds},
         "measured_front": {"size": sum(r["on_front"] for r in rows),
-                           "hypervolume": hypervolume([r["mflops"] for r in measured],
+                           "hypervolume": hypervolume([r[x_axis] for r in measured],
                                                       [r["holdout_top1"] for r in measured], reference),
                            "reference": list(reference)},
         "archs_scored_total": cached.num_scored, "objective_seconds": cached.seconds,
@@ -382,13 +547,14 @@ def _summary(space: SearchSpace, num_classes: int, objective: SearchObjective, c
 
 def export_arch(supernet: nn.Module, arch: Arch, splits: DataSplits, options: SelectOptions, out_dir: str | Path,
                 device: torch.device, *, max_mflops: float | None = None, force: bool = False,
-                provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                provenance: Mapping[str, Any] | None = None, latency: LatencyTable | None = None) -> dict[str, Any]:
     """Export one given arch (refused with ValueError above `max_mflops`), measured on the held-out and test
-    splits; returns its metrics (metrics.json)."""
+    splits, and with `latency` its predicted and measured latency; returns its metrics (metrics.json)."""
     data = selection_data(splits, options, device)
     return export_subnet(out_dir, supernet, arch, data.calib, holdout_loader=data.holdout, test_loader=data.test,
                          budget=max_mflops, device=device, onnx=options.onnx, force=force,
-                         channels_last=data.channels_last, extra=dict(provenance or {}))
+                         channels_last=data.channels_last, extra=dict(provenance or {}),
+                         after_export=None if latency is None else latency_metrics(latency, arch))
 
 
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
