@@ -49,6 +49,7 @@ LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 100
 CALIBRATION_ARCHS = 20
+MEASURE_ROUNDS = 10  # end-to-end measurements of many archs take turns in this many rounds (measure_latencies)
 CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
 INPUT_SEED = 0  # seeded random inputs and weights: latency does not depend on them, reproducibility does
 
@@ -123,6 +124,11 @@ def _ort_session(model: bytes | str | Path, device: str, threads: int) -> Any:
 
 
 def _median_ms(run: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None = None) -> float:
+    return statistics.median(_timed_runs(run, warmup, repeats, sync)) / 1e6
+
+
+def _timed_runs(run: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None) -> list[int]:
+    """Nanoseconds of each of `repeats` runs of `run`, after `warmup` untimed ones; each run timed alone."""
     for _ in range(warmup):
         run()
     if sync is not None:
@@ -134,7 +140,7 @@ def _median_ms(run: Callable[[], Any], warmup: int, repeats: int, sync: Callable
         if sync is not None:
             sync()
         times.append(time.perf_counter_ns() - t0)
-    return statistics.median(times) / 1e6
+    return times
 
 
 class _TorchThreads:
@@ -151,17 +157,19 @@ class _TorchThreads:
         torch.set_num_threads(self.previous)
 
 
-def measure_latency(model: nn.Module | bytes | str | Path, input_shape: Sequence[int], runtime: str, device: str,
-                    threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS) -> float:
-    """Median latency (ms) of one forward pass of `model` on an input of `input_shape`, in `runtime` on `device`
-    with `threads` CPU threads. `model`: a torch module (exported to ONNX first for onnxruntime), or an ONNX
-    file path / ONNX bytes (onnxruntime only)."""
+def _check_measure_args(runtime: str, device: str, threads: int | None, warmup: int, repeats: int) -> int:
     check_runtime_device(runtime, device)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads
+
+
+def _runner(model: nn.Module | bytes | str | Path, input_shape: Sequence[int], runtime: str, device: str,
+            threads: int) -> tuple[Callable[[], Any], Callable[[], None] | None]:
+    """(one forward pass of `model` on a seeded input, the device sync to call after it or None)."""
     g = torch.Generator().manual_seed(INPUT_SEED)
     x = torch.randn(*input_shape, generator=g)
     if runtime == "onnxruntime":
@@ -169,17 +177,53 @@ def measure_latency(model: nn.Module | bytes | str | Path, input_shape: Sequence
         if isinstance(data, (str, Path)) and not Path(data).is_file():
             raise BadFileError(data, "no such ONNX file")
         session = _ort_session(data, device, threads)
-        name = session.get_inputs()[0].name
-        feed = {name: x.numpy()}
-        return _median_ms(lambda: session.run(None, feed), warmup, repeats)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return (lambda: session.run(None, feed)), None
     if not isinstance(model, nn.Module):
         raise TypeError(f"runtime 'torch' measures a torch module, got {type(model).__name__}")
     dev = torch.device(device)
     model = model.eval().to(dev)
     x = x.to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    with _TorchThreads(threads), torch.inference_mode():
-        return _median_ms(lambda: model(x), warmup, repeats, sync)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return run, (torch.cuda.synchronize if dev.type == "cuda" else None)
+
+
+def measure_latency(model: nn.Module | bytes | str | Path, input_shape: Sequence[int], runtime: str, device: str,
+                    threads: int | None = None, warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS) -> float:
+    """Median latency (ms) of one forward pass of `model` on an input of `input_shape`, in `runtime` on `device`
+    with `threads` CPU threads. `model`: a torch module (exported to ONNX first for onnxruntime), or an ONNX
+    file path / ONNX bytes (onnxruntime only)."""
+    threads = _check_measure_args(runtime, device, threads, warmup, repeats)
+    run, sync = _runner(model, input_shape, runtime, device, threads)
+    with _TorchThreads(threads):
+        return _median_ms(run, warmup, repeats, sync)
+
+
+def measure_latencies(models: Sequence[nn.Module | bytes | str | Path], input_shapes: Sequence[Sequence[int]],
+                      runtime: str, device: str, threads: int | None = None, warmup: int = DEFAULT_WARMUP,
+                      repeats: int = DEFAULT_REPEATS, rounds: int = 10) -> list[float]:
+    """Median latency (ms) of each model, like `measure_latency`, but the models take turns: `rounds` rounds,
+    each timing every model `repeats / rounds` times. A slow spell of the machine (another process, a frequency
+    change) then falls on all models alike instead of on whichever one was running: the ranking of many archs
+    stays steadier on a shared machine."""
+    threads = _check_measure_args(runtime, device, threads, warmup, repeats)
+    if len(models) != len(input_shapes):
+        raise ValueError(f"{len(models)} models but {len(input_shapes)} input shapes")
+    rounds = max(1, min(rounds, repeats))
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    runners = [_runner(m, shape, runtime, device, threads) for m, shape in zip(models, input_shapes)]
+    samples: list[list[int]] = [[] for _ in runners]
+    with _TorchThreads(threads):
+        for run, sync in runners:
+            _timed_runs(run, warmup, 0, sync)
+        for count in per_round:
+            for i, (run, sync) in enumerate(runners):
+                samples[i].extend(_timed_runs(run, 0, count, sync))
+    return [statistics.median(t) / 1e6 for t in samples]
 
 
 def _fresh_module(build: Callable[[], nn.Module]) -> nn.Module:
@@ -485,7 +529,8 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     measurement). A partial table from an interrupted build with the same settings is resumed: what it holds is
     kept and only the rest is measured; one with other settings is refused (BadFileError).
 
-    `on_entry(key, ms)` is called after each saved measurement (calibration archs: key 'calibration:I').
+    `on_entry(key, ms)` is called after each saved entry, and once with key 'calibration' after the calibration
+    archs (measured together, taking turns: `measure_archs`).
     """
     from tqdm import tqdm
 
@@ -536,16 +581,16 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     uncalibrated = LatencyTable(dict(data, overhead_ms=0.0), space, out_path)
     idx = space.sample_indices(np.random.Generator(np.random.PCG64(CALIBRATION_SEED)), calibration_archs)
     sums, counts = uncalibrated.predict_batch(idx), part_counts(space, idx)
-    for i in tqdm(range(len(data["calibration"]), calibration_archs), desc="calibration archs", unit="arch",
-                  disable=not progress or len(data["calibration"]) >= calibration_archs, dynamic_ncols=True):
-        arch = space.arch_from_indices(idx[i])
-        ms = measure_arch(uncalibrated, arch)
-        data["calibration"].append({"arch": arch.to_dict(), "parts": int(counts[i]), "sum_ms": float(sums[i]),
-                                    "measured_ms": ms})
-        measured(f"calibration:{i}", ms)
+    measure_calibration = len(data["calibration"]) != calibration_archs
+    if measure_calibration:  # measured together (taking turns), saved together
+        archs = [space.arch_from_indices(i) for i in idx]
+        data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
+                               for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
     data["overhead_ms"] = fit_overhead(data["calibration"])
     data["complete"] = True
     save()
+    if measure_calibration and on_entry is not None:
+        on_entry("calibration", data["overhead_ms"])
     return LatencyTable(data, space, out_path)
 
 
@@ -576,23 +621,23 @@ def static_net(space: SearchSpace, arch: Arch, num_classes: int | None = None) -
     return _fresh_module(lambda: StaticNet.from_arch(space, arch, num_classes))  # type: ignore[return-value]
 
 
-def measure_arch(table: LatencyTable, arch: Arch, warmup: int | None = None, repeats: int | None = None) -> float:
-    """End-to-end latency (ms) of `arch`'s static net, measured as `table` was built (runtime, device, batch,
-    threads)."""
-    net = static_net(table.space, arch, table.num_classes)
-    shape = (table.batch, table.space.in_chans, arch.resolution, arch.resolution)
-    return measure_latency(net, shape, table.runtime, table.device, table.threads,
-                           table.data["warmup"] if warmup is None else warmup,
-                           table.data["repeats"] if repeats is None else repeats)
+def measure_archs(table: LatencyTable, archs: Sequence[Arch], warmup: int | None = None,
+                  repeats: int | None = None, rounds: int = MEASURE_ROUNDS) -> list[float]:
+    """End-to-end latency (ms) of each arch's static net, measured as `table` was built (runtime, device, batch,
+    threads; warm-up and repeats unless given), the archs taking turns (`measure_latencies`)."""
+    nets = [static_net(table.space, a, table.num_classes) for a in archs]
+    shapes = [(table.batch, table.space.in_chans, a.resolution, a.resolution) for a in archs]
+    return measure_latencies(nets, shapes, table.runtime, table.device, table.threads,
+                             table.data["warmup"] if warmup is None else warmup,
+                             table.data["repeats"] if repeats is None else repeats, rounds)
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, num_archs: int, seed: int, out_dir: str | Path,
-                   progress: bool = True, warmup: int | None = None, repeats: int | None = None) -> dict[str, Any]:
-    """Measure `num_archs` seeded random archs end to end and compare with the table's predictions. Writes
-    OUT_DIR/latency_validation.json (rows + summary) and OUT_DIR/latency_validation.png (predicted vs measured);
-    returns the summary: mape_pct, kendall tau, the largest error, paths."""
-    from tqdm import tqdm
-
+                   warmup: int | None = None, repeats: int | None = None,
+                   rounds: int = MEASURE_ROUNDS) -> dict[str, Any]:
+    """Measure `num_archs` seeded random archs end to end (`measure_archs`) and compare with the table's
+    predictions. Writes OUT_DIR/latency_validation.json (rows + summary) and OUT_DIR/latency_validation.png
+    (predicted vs measured); returns the summary: mape_pct, kendall tau, the largest error, paths."""
     from .metrics import kendall_tau
 
     if space.hash != table.space_hash:
@@ -603,12 +648,11 @@ def validate_table(table: LatencyTable, space: SearchSpace, num_archs: int, seed
     out_dir.mkdir(parents=True, exist_ok=True)
     idx = space.sample_indices(np.random.Generator(np.random.PCG64(seed)), num_archs)
     predicted = table.predict_batch(idx)
+    archs = [space.arch_from_indices(i) for i in idx]
     rows = []
-    for i in tqdm(range(num_archs), desc="end-to-end latency", unit="arch", disable=not progress, dynamic_ncols=True):
-        arch = space.arch_from_indices(idx[i])
-        measured = measure_arch(table, arch, warmup, repeats)
-        rows.append({"arch": arch.to_dict(), "predicted_ms": float(predicted[i]), "measured_ms": measured,
-                     "error_pct": 100.0 * (float(predicted[i]) - measured) / measured})
+    for arch, pred, ms in zip(archs, predicted.tolist(), measure_archs(table, archs, warmup, repeats, rounds)):
+        rows.append({"arch": arch.to_dict(), "predicted_ms": pred, "measured_ms": ms,
+                     "error_pct": 100.0 * (pred - ms) / ms})
     measured = np.array([r["measured_ms"] for r in rows])
     err = np.array([r["error_pct"] for r in rows])
     worst = int(np.argmax(np.abs(err)))

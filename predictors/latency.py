@@ -49,7 +49,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, default=None, help="output directory (default: beside the table, "
                    "TABLE_validation/)")
     v.add_argument("--seed", type=int, default=0, help="arch sampling")
-    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
@@ -106,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         table = LatencyTable.load(args.table, space)
         out = args.out if args.out is not None else args.table.with_name(args.table.stem + "_validation")
-        summary = validate_table(table, space, args.num_archs, args.seed, out, progress=not args.no_progress)
+        summary = validate_table(table, space, args.num_archs, args.seed, out)
     except BadFileError as e:  # a table that cannot be used (torn, foreign, another runtime version)
         parser.error(str(e))
     tau = summary["kendall_tau"]
