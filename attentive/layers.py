@@ -30,13 +30,13 @@ class _SliceIntoGrad(torch.autograd.Function):
     """`param[index]` whose backward accumulates into `param.grad[index]` in place (see `sliced_parameter`)."""
 
     @staticmethod
-    def forward(ctx, param: nn.Parameter, index: Index) -> torch.Tensor:  # noqa: ANN001 (autograd's ctx)
+    def forward(ctx, param: nn.Parameter, index: Index, contiguous: bool) -> torch.Tensor:  # noqa: ANN001
         ctx.param, ctx.index = param, index
-        return param[index]
+        return param[index].contiguous() if contiguous else param[index]
 
     @staticmethod
     @torch.no_grad()
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None]:  # noqa: ANN001 (autograd's ctx)
         param, index = ctx.param, ctx.index
         if param.grad is None:
             # What autograd would store: the slice's gradient, copied (signed zeros kept), zeros elsewhere.
@@ -45,10 +45,10 @@ class _SliceIntoGrad(torch.autograd.Function):
             param.grad = full
         else:
             param.grad[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
-        return None, None
+        return None, None, None
 
 
-def sliced_parameter(param: nn.Parameter, index: Index) -> torch.Tensor:
+def sliced_parameter(param: nn.Parameter, index: Index, contiguous: bool = False) -> torch.Tensor:
     """`param[index]` (leading channels, a centred kernel crop) for a forward pass, without the full-size
     gradient that plain slicing costs in backward.
 
@@ -60,13 +60,16 @@ def sliced_parameter(param: nn.Parameter, index: Index) -> torch.Tensor:
     slices a parameter twice in one forward (tests/test_slicing.py checks both). The one difference: outside the
     slice an existing `-0.0` stays `-0.0`, where autograd's `-0.0 + 0.0` made it `+0.0` (equal under `==`).
 
+    `contiguous=True` returns a contiguous copy when the slice is not contiguous: for convolutions, which copy a
+    strided weight themselves, in forward and again in backward (same values, so the same results).
+
     The gradient reaches `param.grad` only: `torch.autograd.grad(loss, [param])`, `backward(inputs=...)` and
     tensor hooks on `param` do not see it. Nothing here uses those on a supernet (the proxies differentiate
     static nets). Without autograd recording (no_grad, inference, frozen parameters) this is plain slicing.
     """
     if not (param.requires_grad and torch.is_grad_enabled()):
-        return param[index]
-    return _SliceIntoGrad.apply(param, index)
+        return param[index].contiguous() if contiguous else param[index]
+    return _SliceIntoGrad.apply(param, index, contiguous)
 
 
 def _centre(size: int, k: int) -> slice:
@@ -136,7 +139,7 @@ class DynamicConv2d(nn.Module):
     def active_weight(self) -> torch.Tensor:
         if self._full:
             return self.weight
-        w = sliced_parameter(self.weight, self._weight_index)
+        w = sliced_parameter(self.weight, self._weight_index, contiguous=True)
         for k in self._transform_chain:
             if w.shape[-1] != k:
                 crop = _centre(w.shape[-1], k)

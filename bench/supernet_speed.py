@@ -50,7 +50,7 @@ def middle_arch(space, seed: int = 0) -> Arch:
 def plain_slicing() -> Iterator[None]:
     """The supernet as it was before `sliced_parameter`: `param[index]`, autograd's own slice backward."""
     saved = layers.sliced_parameter
-    layers.sliced_parameter = lambda param, index: param[index]
+    layers.sliced_parameter = lambda param, index, contiguous=False: param[index]
     try:
         yield
     finally:

@@ -17,8 +17,9 @@ from conftest import attentivenas_arch
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _plain_slicing(param: nn.Parameter, index: tuple[slice, ...]) -> torch.Tensor:
-    """The reference: today's-before slicing, whose backward scatters into a full-size zero tensor."""
+def _plain_slicing(param: nn.Parameter, index: tuple[slice, ...], contiguous: bool = False) -> torch.Tensor:
+    """The reference: plain slicing as before `sliced_parameter` (a strided view, handed to the layer as it is),
+    whose backward scatters into a full-size zero tensor."""
     return param[index]
 
 
@@ -171,9 +172,9 @@ def test_no_parameter_is_sliced_twice_in_one_forward(monkeypatch):
     seen: list[list[int]] = []
     apply = layers._SliceIntoGrad.apply
 
-    def recording(param, index):
+    def recording(param, index, contiguous):
         seen[-1].append(id(param))
-        return apply(param, index)
+        return apply(param, index, contiguous)
 
     monkeypatch.setattr(layers._SliceIntoGrad, "apply", recording)
     for name, keys in (("tiny", {"kernel_transform": True}), ("tiny", {"shortcut": "conv_at_stage_start"}),
@@ -218,6 +219,7 @@ def test_without_autograd_recording_it_is_plain_slicing():
     frozen = nn.Parameter(torch.randn(4, 3), requires_grad=False)
     assert layers.sliced_parameter(frozen, (slice(0, 2),)).grad_fn is None
     s = layers.sliced_parameter(w, (slice(0, 2), slice(1, 3)))
-    assert torch.equal(s, w[:2, 1:3])
+    assert torch.equal(s, w[:2, 1:3]) and not s.is_contiguous()
+    assert layers.sliced_parameter(w, (slice(0, 2), slice(1, 3)), contiguous=True).is_contiguous()
     (s * torch.arange(4.0).view(2, 2)).sum().backward()
     assert torch.equal(w.grad, torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
