@@ -26,13 +26,21 @@ _TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard
 Index = tuple[slice, ...]
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """`t` when its memory is dense in the standard or channels-last layout, else a copy in the layout its
+    strides suggest (what a convolution's own `.contiguous(suggested format)` would make)."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.clone(memory_format=torch.preserve_format)
+
+
 class _SliceIntoGrad(torch.autograd.Function):
     """`param[index]` whose backward accumulates into `param.grad[index]` in place (see `sliced_parameter`)."""
 
     @staticmethod
     def forward(ctx, param: nn.Parameter, index: Index, contiguous: bool) -> torch.Tensor:  # noqa: ANN001
         ctx.param, ctx.index = param, index
-        return param[index].contiguous() if contiguous else param[index]
+        return _dense(param[index]) if contiguous else param[index]
 
     @staticmethod
     @torch.no_grad()
@@ -60,15 +68,16 @@ def sliced_parameter(param: nn.Parameter, index: Index, contiguous: bool = False
     slices a parameter twice in one forward (tests/test_slicing.py checks both). The one difference: outside the
     slice an existing `-0.0` stays `-0.0`, where autograd's `-0.0 + 0.0` made it `+0.0` (equal under `==`).
 
-    `contiguous=True` returns a contiguous copy when the slice is not contiguous: for convolutions, which copy a
-    strided weight themselves, in forward and again in backward (same values, so the same results).
+    `contiguous=True` returns a dense copy (in the parameter's memory format, channels-last included) when the
+    slice is not dense: for convolutions, which otherwise copy a strided weight themselves, in forward and again
+    in backward (same values in the same layout, so the same results).
 
     The gradient reaches `param.grad` only: `torch.autograd.grad(loss, [param])`, `backward(inputs=...)` and
     tensor hooks on `param` do not see it. Nothing here uses those on a supernet (the proxies differentiate
     static nets). Without autograd recording (no_grad, inference, frozen parameters) this is plain slicing.
     """
     if not (param.requires_grad and torch.is_grad_enabled()):
-        return param[index].contiguous() if contiguous else param[index]
+        return _dense(param[index]) if contiguous else param[index]
     return _SliceIntoGrad.apply(param, index, contiguous)
 
 

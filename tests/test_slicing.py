@@ -62,11 +62,15 @@ def _inputs(net: Supernet, arch: Arch, seed: int) -> tuple[torch.Tensor, torch.T
     return x, torch.randint(0, net.num_classes, (2,), generator=g)
 
 
-def _backward(net: Supernet, arch: Arch, seed: int) -> torch.Tensor:
+def _backward(net: Supernet, arch: Arch, seed: int, channels_last: bool = False,
+              autocast: torch.dtype | None = None) -> torch.Tensor:
     net.set_arch(arch)
     x, y = _inputs(net, arch, seed)
-    logits = net.forward_head(net.forward_features(x))
-    nn.functional.cross_entropy(logits, y).backward()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        logits = net.forward_head(net.forward_features(x))
+    nn.functional.cross_entropy(logits.float(), y).backward()
     return logits.detach()
 
 
@@ -77,23 +81,22 @@ def _compare(new: Supernet, ref: Supernet, what: str) -> None:
         assert (p.grad is None) == (r.grad is None), f"{what}: {name}: grad None {p.grad is None} vs {r.grad is None}"
         if p.grad is not None:
             assert p.grad.shape == p.shape and p.grad.dtype == p.dtype, f"{what}: {name}"
+            assert p.grad.stride() == r.grad.stride(), f"{what}: {name}: gradient layout differs"
             assert torch.equal(_bits(p.grad), _bits(r.grad)), f"{what}: {name}: gradients differ"
 
 
-def _run_both(new: Supernet, ref: Supernet, monkeypatch, steps) -> None:
-    """Each step: None (compare), ("zero", set_to_none) or (arch, seed) for one forward+backward."""
+def _run_both(new: Supernet, ref: Supernet, monkeypatch, steps, **how) -> None:
+    """Each step: ("zero", set_to_none) or (arch, seed) for one forward+backward (`how`: `_backward`'s options)."""
     for step in steps:
-        if step is None:
-            continue
         if step[0] == "zero":
             new.zero_grad(set_to_none=step[1])
             ref.zero_grad(set_to_none=step[1])
             continue
         arch, seed = step
-        y_new = _backward(new, arch, seed)
+        y_new = _backward(new, arch, seed, **how)
         with monkeypatch.context() as m:
             m.setattr(layers, "sliced_parameter", _plain_slicing)
-            y_ref = _backward(ref, arch, seed)
+            y_ref = _backward(ref, arch, seed, **how)
         assert torch.equal(y_new, y_ref)
 
 
@@ -148,6 +151,25 @@ def test_first_sandwich_from_initialization_equals_plain_slicing(name, monkeypat
     archs = _archs(space)
     _run_both(new, ref, monkeypatch, [(archs[label], i) for i, label in enumerate(("max", "middle", "min"))])
     _compare(new, ref, "first sandwich")
+
+
+@pytest.mark.parametrize("how", [{"channels_last": True}, {"autocast": torch.bfloat16}])
+def test_channels_last_and_autocast_equal_plain_slicing(how, monkeypatch):
+    """A channels-last supernet (the dense copy of a conv slice keeps the layout) and bf16 autocast (the cast
+    happens after the slice, its backward hands the slice a float32 gradient)."""
+    space = _variant("tiny", kernel_transform=True)
+    torch.manual_seed(0)
+    new = Supernet(space).train()
+    _perturb(new, seed=2)
+    if how.get("channels_last"):
+        new = new.to(memory_format=torch.channels_last)
+        assert new.blocks[0].conv_dw.weight.is_contiguous(memory_format=torch.channels_last)
+    ref = copy.deepcopy(new)
+    archs = _archs(space)
+    for set_to_none in (True, False):
+        steps = [("zero", set_to_none)] + [(archs[label], i) for i, label in enumerate(("max", "middle", "min"))]
+        _run_both(new, ref, monkeypatch, steps, **how)
+        _compare(new, ref, f"{how}, set_to_none={set_to_none}")
 
 
 def test_unused_parameters_keep_no_gradient():
