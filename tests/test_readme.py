@@ -44,7 +44,8 @@ def test_readme_opens_with_the_two_commands():
 
 def test_every_command_has_a_known_entry_point():
     known = {("make", "demo"), ("make", "test"), ("make", "bench"), ("python", "train.py"), ("torchrun",),
-             ("python", "search.py"), ("python", "-m", "predictors.retrain"), ("python", "bench/probe.py")}
+             ("python", "search.py"), ("python", "-m", "predictors.retrain"), ("python", "bench/probe.py"),
+             ("python", "-m", "predictors.latency")}
     for cmd in COMMANDS:
         assert any(tuple(cmd[:len(k)]) == k for k in known), f"README command with no test: {' '.join(cmd)}"
     # the three user jobs are all shown, distributed launches included
@@ -75,6 +76,15 @@ def test_retrain_commands_parse(cmd):
 
     args = retrain.get_args_parser().parse_args(_args_after(cmd, "predictors.retrain"))
     assert args.num_archs > 0
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c[:3] == ["python", "-m", "predictors.latency"]],
+                         ids=lambda c: c[3])
+def test_latency_commands_parse(cmd):
+    from predictors import latency
+
+    args = latency.get_args_parser().parse_args(_args_after(cmd, "predictors.latency"))
+    assert args.command in ("build", "validate")
 
 
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if c[:2] == ["python", "bench/probe.py"]], ids=lambda c: c[3])
