@@ -3,7 +3,7 @@
 Each layer allocates its largest weight once; a subnet uses the leading `[:out, :in]` slice, and a smaller
 depthwise kernel is cut from the centre of the largest (as in OFA). The active size is set by the supernet
 before the forward pass (`set_active`), so `forward` does no bookkeeping of its own. When the active size is
-the full size, the parameter itself is used; a smaller slice goes through `sliced_parameter`, whose backward adds
+the full size, the parameter itself is used; a smaller slice goes through `sliced_parameters`, whose backward adds
 the slice's gradient into `param.grad` in place instead of scattering it into a zero tensor of the full size
 (see its docstring for what that changes for callers of `torch.autograd.grad`). Every dynamic layer can hand back
 its static twin (`to_static`) with copied weights (allocated without an initialization that the copy would
@@ -24,6 +24,7 @@ _TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard
 
 
 Index = tuple[slice, ...]
+Slice = tuple[nn.Parameter, Index, bool]  # (parameter, index, dense)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -34,51 +35,63 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.preserve_format)
 
 
+def _take(slices: tuple[Slice, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(_dense(param[index]) if dense else param[index] for param, index, dense in slices)
+
+
 class _SliceIntoGrad(torch.autograd.Function):
-    """`param[index]` whose backward accumulates into `param.grad[index]` in place (see `sliced_parameter`)."""
+    """The slices of `sliced_parameters`; backward accumulates into each `param.grad[index]` in place."""
 
     @staticmethod
-    def forward(ctx, param: nn.Parameter, index: Index, contiguous: bool) -> torch.Tensor:  # noqa: ANN001
-        ctx.param, ctx.index = param, index
-        return _dense(param[index]) if contiguous else param[index]
+    def forward(ctx, slices: tuple[Slice, ...], *params: nn.Parameter) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+        ctx.slices = slices  # `params` are `slices`' parameters, passed for autograd to record them as inputs
+        ctx.set_materialize_grads(False)
+        return _take(slices)
 
     @staticmethod
-    @torch.no_grad()
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None]:  # noqa: ANN001 (autograd's ctx)
-        param, index = ctx.param, ctx.index
-        if param.grad is None:
-            # What autograd would store: the slice's gradient, copied (signed zeros kept), zeros elsewhere.
-            full = torch.zeros_like(param, memory_format=torch.preserve_format)
-            full[index].copy_(grad)
-            param.grad = full
-        else:
-            param.grad[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
-        return None, None, None
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[None, ...]:  # noqa: ANN001 (autograd's ctx)
+        if torch.is_grad_enabled():
+            raise RuntimeError("backward with create_graph=True through a sliced supernet parameter is not "
+                               "supported (attentive.layers.sliced_parameters accumulates plain gradients)")
+        for (param, index, _), grad in zip(ctx.slices, grads):
+            if grad is None or not param.requires_grad:
+                continue
+            if param.grad is None:
+                # What autograd would store: the slice's gradient, copied (signed zeros kept), zeros elsewhere.
+                full = torch.zeros_like(param, memory_format=torch.preserve_format)
+                full[index].copy_(grad)
+                param.grad = full
+            else:
+                param.grad[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
+        return (None,) * (len(grads) + 1)
 
 
-def sliced_parameter(param: nn.Parameter, index: Index, contiguous: bool = False) -> torch.Tensor:
-    """`param[index]` (leading channels, a centred kernel crop) for a forward pass, without the full-size
-    gradient that plain slicing costs in backward.
+def sliced_parameters(*slices: Slice) -> tuple[torch.Tensor, ...]:
+    """`param[index]` for each `(param, index, dense)` (leading channels, a centred kernel crop), for a forward
+    pass, without the full-size gradient that plain slicing costs in backward. The one way layers slice a
+    parameter; a layer passes all of its sliced parameters in one call (one autograd node instead of several).
 
     Plain slicing's backward writes the slice's gradient into a new zero tensor the size of the whole parameter,
     which autograd then adds into `.grad`: two full-size passes per sliced parameter and step, whatever the
     subnet's size. Here the backward adds the slice's gradient into `param.grad[index]` in place (allocating
     `param.grad` as zeros the first time, as autograd would), and hands autograd no gradient for `param`. The
-    resulting `.grad` is the same, value for value: a backward adds each parameter's gradient once, and no layer
-    slices a parameter twice in one forward (tests/test_slicing.py checks both). The one difference: outside the
-    slice an existing `-0.0` stays `-0.0`, where autograd's `-0.0 + 0.0` made it `+0.0` (equal under `==`).
+    resulting `.grad` is the same, bit for bit: a backward adds each parameter's gradient once, and no layer
+    slices a parameter twice in one forward (tests/test_slicing.py checks both). The one conceivable difference:
+    outside the slice an existing `-0.0` would stay `-0.0`, where autograd's `-0.0 + 0.0` made it `+0.0` (equal
+    under `==`; the tests found no negative zero in any gradient).
 
-    `contiguous=True` returns a dense copy (in the parameter's memory format, channels-last included) when the
-    slice is not dense: for convolutions, which otherwise copy a strided weight themselves, in forward and again
-    in backward (same values in the same layout, so the same results).
+    `dense=True` returns a dense copy (in the parameter's memory format, channels-last included) when the slice
+    is not dense: for convolutions, which otherwise copy a strided weight themselves, in forward and again in
+    backward (same values in the same layout, so the same results).
 
     The gradient reaches `param.grad` only: `torch.autograd.grad(loss, [param])`, `backward(inputs=...)` and
-    tensor hooks on `param` do not see it. Nothing here uses those on a supernet (the proxies differentiate
-    static nets). Without autograd recording (no_grad, inference, frozen parameters) this is plain slicing.
+    tensor hooks on `param` do not see it, and `create_graph=True` is refused. Nothing here uses those on a
+    supernet (the proxies differentiate static nets). Without autograd recording (no_grad, inference, frozen
+    parameters) this is plain slicing.
     """
-    if not (param.requires_grad and torch.is_grad_enabled()):
-        return _dense(param[index]) if contiguous else param[index]
-    return _SliceIntoGrad.apply(param, index, contiguous)
+    if not torch.is_grad_enabled() or not any(param.requires_grad for param, _, _ in slices):
+        return _take(slices)
+    return _SliceIntoGrad.apply(slices, *(param for param, _, _ in slices))
 
 
 def _centre(size: int, k: int) -> slice:
@@ -145,33 +158,35 @@ class DynamicConv2d(nn.Module):
         self._weight_index = (slice(0, out_chs), slice(None) if self.depthwise else slice(0, in_chs),
                               *[_centre(self.max_kernel, first_kernel)] * 2)
 
-    def active_weight(self) -> torch.Tensor:
+    def active_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The active weight and bias (None without bias); the parameters themselves at full size."""
         if self._full:
-            return self.weight
-        w = sliced_parameter(self.weight, self._weight_index, contiguous=True)
+            return self.weight, self.bias
+        if self.bias is None:
+            (w,), b = sliced_parameters((self.weight, self._weight_index, True)), None
+        else:
+            w, b = sliced_parameters((self.weight, self._weight_index, True),
+                                     (self.bias, self._weight_index[:1], False))
         for k in self._transform_chain:
             if w.shape[-1] != k:
                 crop = _centre(w.shape[-1], k)
                 w = w[:, :, crop, crop]
             w = (w.reshape(-1, k * k) @ self.kernel_transforms[str(k)]).reshape(w.shape[0], w.shape[1], k, k)
-        return w
-
-    def active_bias(self) -> torch.Tensor | None:
-        if self.bias is None or self._full:
-            return self.bias
-        return sliced_parameter(self.bias, (slice(0, self.out_chs),))
+        return w, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, self.padding, 1, self.groups)
+        weight, bias = self.active_params()
+        return F.conv2d(x, weight, bias, self.stride, self.padding, 1, self.groups)
 
     @torch.no_grad()
     def to_static(self) -> nn.Conv2d:
         conv = skip_init(nn.Conv2d, self.in_chs, self.out_chs, self.kernel_size, self.stride, self.padding,
                          groups=self.groups, bias=self.bias is not None, device=self.weight.device,
                          dtype=self.weight.dtype)
-        conv.weight.copy_(self.active_weight())
-        if self.bias is not None:
-            conv.bias.copy_(self.active_bias())
+        weight, bias = self.active_params()
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
         return conv
 
 
@@ -196,8 +211,9 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         index = (slice(0, c),)
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], sliced_parameter(self.weight, index),
-                            sliced_parameter(self.bias, index), use_batch_stats, factor, self.eps)
+        weight, bias = sliced_parameters((self.weight, index, False), (self.bias, index, False))
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias, use_batch_stats, factor,
+                            self.eps)
 
     @torch.no_grad()
     def to_static(self) -> nn.BatchNorm2d:
@@ -229,8 +245,10 @@ class DynamicLinear(nn.Module):
         self._full = in_features == self.max_in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight if self._full else sliced_parameter(self.weight, (slice(None), slice(0, self.in_features)))
-        return F.linear(x, w, self.bias)
+        if self._full:
+            return F.linear(x, self.weight, self.bias)
+        (weight,) = sliced_parameters((self.weight, (slice(None), slice(0, self.in_features)), False))
+        return F.linear(x, weight, self.bias)
 
     @torch.no_grad()
     def to_static(self) -> nn.Linear:

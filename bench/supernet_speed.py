@@ -9,7 +9,7 @@ run-to-run spread). Gradients are zeroed between calls, outside the timed region
 `set_to_none=True` (the supernet then allocates its full-size `.grad` in every backward, which a static net of
 the subnet's size does not have to). `--reference` also times the supernet with plain slicing (whose backward
 scatters each slice's gradient into a zero tensor of the full weight's size), the behaviour before
-`attentive.layers.sliced_parameter`, in the same interleaved rounds. Then `count_flops_batch` archs/second and
+`attentive.layers.sliced_parameters`, in the same interleaved rounds. Then `count_flops_batch` archs/second and
 its speed-up over fvcore.
 
     python bench/supernet_speed.py [--rounds 5] [--repeats 3] [--threads 2] [--reference] [--quick]
@@ -48,13 +48,13 @@ def middle_arch(space, seed: int = 0) -> Arch:
 
 @contextlib.contextmanager
 def plain_slicing() -> Iterator[None]:
-    """The supernet as it was before `sliced_parameter`: `param[index]`, autograd's own slice backward."""
-    saved = layers.sliced_parameter
-    layers.sliced_parameter = lambda param, index, contiguous=False: param[index]
+    """The supernet as it was before `sliced_parameters`: `param[index]`, autograd's own slice backward."""
+    saved = layers.sliced_parameters
+    layers.sliced_parameters = lambda *slices: tuple(param[index] for param, index, _ in slices)
     try:
         yield
     finally:
-        layers.sliced_parameter = saved
+        layers.sliced_parameters = saved
 
 
 def fwd_bwd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sync: bool) -> float:
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--spaces", default="tiny,attentivenas", help="comma-separated space names")
+    parser.add_argument("--archs", default="min,middle,max,A0",
+                        help="comma-separated arch labels (A0: the ImageNet space only)")
     parser.add_argument("--batch", type=int, default=None, help=f"batch size for every space (default {BATCH})")
     parser.add_argument("--resolution", type=int, default=None,
                         help="run every arch at this resolution (must be allowed in each space)")
@@ -171,6 +173,12 @@ def main() -> None:
         device = resolve_device(args.device)
         spaces = [load_space(name) for name in args.spaces.split(",")]
         archs = {space.name: bench_archs(space, args.resolution) for space in spaces}
+        labels = args.archs.split(",")
+        known = {label for space_archs in archs.values() for label, _ in space_archs}
+        if not set(labels) <= known:
+            raise ValueError(f"unknown arch labels {sorted(set(labels) - known)} in --archs; allowed: {sorted(known)}")
+        archs = {name: [(label, arch) for label, arch in space_archs if label in labels]
+                 for name, space_archs in archs.items()}
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # a bad device, space name or resolution
         parser.error(str(e))
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""`attentive.layers.sliced_parameter`: the slice backward that adds into `param.grad` in place gives the very
+"""`attentive.layers.sliced_parameters`: the slice backward that adds into `param.grad` in place gives the very
 gradients (bit for bit) that plain slicing gave, for every parameter, after one backward and after several
 accumulated ones (the sandwich step), with `.grad` zeroed or set to None in between."""
 import copy
@@ -17,10 +17,10 @@ from conftest import attentivenas_arch
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _plain_slicing(param: nn.Parameter, index: tuple[slice, ...], contiguous: bool = False) -> torch.Tensor:
-    """The reference: plain slicing as before `sliced_parameter` (a strided view, handed to the layer as it is),
+def _plain_slicing(*slices) -> tuple[torch.Tensor, ...]:
+    """The reference: plain slicing as before `sliced_parameters` (a strided view, handed to the layer as it is),
     whose backward scatters into a full-size zero tensor."""
-    return param[index]
+    return tuple(param[index] for param, index, _ in slices)
 
 
 def _variant(name: str, **keys):
@@ -95,7 +95,7 @@ def _run_both(new: Supernet, ref: Supernet, monkeypatch, steps, **how) -> None:
         arch, seed = step
         y_new = _backward(new, arch, seed, **how)
         with monkeypatch.context() as m:
-            m.setattr(layers, "sliced_parameter", _plain_slicing)
+            m.setattr(layers, "sliced_parameters", _plain_slicing)
             y_ref = _backward(ref, arch, seed, **how)
         assert torch.equal(y_new, y_ref)
 
@@ -194,9 +194,9 @@ def test_no_parameter_is_sliced_twice_in_one_forward(monkeypatch):
     seen: list[list[int]] = []
     apply = layers._SliceIntoGrad.apply
 
-    def recording(param, index, contiguous):
-        seen[-1].append(id(param))
-        return apply(param, index, contiguous)
+    def recording(slices, *params):
+        seen[-1].extend(id(p) for p in params)
+        return apply(slices, *params)
 
     monkeypatch.setattr(layers._SliceIntoGrad, "apply", recording)
     for name, keys in (("tiny", {"kernel_transform": True}), ("tiny", {"shortcut": "conv_at_stage_start"}),
@@ -224,7 +224,7 @@ def test_kernel_chain_seven_five_three(monkeypatch):
         ref.set_active(chs, chs, kernel)
         y = conv(x[:, :chs])
         with monkeypatch.context() as m:
-            m.setattr(layers, "sliced_parameter", _plain_slicing)
+            m.setattr(layers, "sliced_parameters", _plain_slicing)
             y_ref = ref(x[:, :chs])
         assert torch.equal(y, y_ref)
         y.square().sum().backward()
@@ -236,12 +236,29 @@ def test_kernel_chain_seven_five_three(monkeypatch):
 def test_without_autograd_recording_it_is_plain_slicing():
     w = nn.Parameter(torch.randn(4, 3))
     with torch.no_grad():
-        s = layers.sliced_parameter(w, (slice(0, 2),))
+        (s,) = layers.sliced_parameters((w, (slice(0, 2),), False))
     assert s.grad_fn is None and s._base is w
     frozen = nn.Parameter(torch.randn(4, 3), requires_grad=False)
-    assert layers.sliced_parameter(frozen, (slice(0, 2),)).grad_fn is None
-    s = layers.sliced_parameter(w, (slice(0, 2), slice(1, 3)))
-    assert torch.equal(s, w[:2, 1:3]) and not s.is_contiguous()
-    assert layers.sliced_parameter(w, (slice(0, 2), slice(1, 3)), contiguous=True).is_contiguous()
-    (s * torch.arange(4.0).view(2, 2)).sum().backward()
+    assert layers.sliced_parameters((frozen, (slice(0, 2),), False))[0].grad_fn is None
+
+
+def test_slices_accumulate_into_grad_and_dense_copies():
+    w, b = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4))
+    index = (slice(0, 2), slice(1, 3))
+    s, t = layers.sliced_parameters((w, index, False), (b, index[:1], False))
+    assert torch.equal(s, w[:2, 1:3]) and not s.is_contiguous() and torch.equal(t, b[:2])
+    assert layers.sliced_parameters((w, index, True))[0].is_contiguous()
+    ((s * torch.arange(4.0).view(2, 2)).sum() + 3 * t.sum()).backward()
     assert torch.equal(w.grad, torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert torch.equal(b.grad, torch.tensor([3.0, 3.0, 0.0, 0.0]))
+    s, t = layers.sliced_parameters((w, index, False), (b, index[:1], False))
+    t.sum().backward()  # an output that gets no gradient leaves its parameter's .grad as it was
+    assert torch.equal(w.grad[:2, 1:3], torch.tensor([[0.0, 1.0], [2.0, 3.0]])) and b.grad[0] == 4.0
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_create_graph_is_refused():
+    w = nn.Parameter(torch.randn(4, 3))
+    (s,) = layers.sliced_parameters((w, (slice(0, 2),), False))
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        s.square().sum().backward(create_graph=True)
