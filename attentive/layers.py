@@ -36,7 +36,10 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _take(slices: tuple[Slice, ...]) -> tuple[torch.Tensor, ...]:
-    return tuple(_dense(param[index]) if dense else param[index] for param, index, dense in slices)
+    taken = []  # a loop, not a generator: this runs for every layer of every forward
+    for param, index, dense in slices:
+        taken.append(_dense(param[index]) if dense else param[index])
+    return tuple(taken)
 
 
 class _SliceIntoGrad(torch.autograd.Function):
@@ -56,13 +59,14 @@ class _SliceIntoGrad(torch.autograd.Function):
         for (param, index, _), grad in zip(ctx.slices, grads):
             if grad is None or not param.requires_grad:
                 continue
-            if param.grad is None:
+            accumulated = param.grad
+            if accumulated is None:
                 # What autograd would store: the slice's gradient, copied (signed zeros kept), zeros elsewhere.
                 full = torch.zeros_like(param, memory_format=torch.preserve_format)
                 full[index].copy_(grad)
                 param.grad = full
             else:
-                param.grad[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
+                accumulated[index].add_(grad)  # = autograd's `grad + (zeros with grad in the slice)`, slice only
         return (None,) * (len(grads) + 1)
 
 
