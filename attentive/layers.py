@@ -5,13 +5,15 @@ depthwise kernel is cut from the centre of the largest (as in OFA). The active s
 before the forward pass (`set_active`), so `forward` does no bookkeeping of its own. When the active size is
 the full size, the parameter itself is used; a smaller slice goes through `sliced_parameters`, whose backward adds
 the slice's gradient into `param.grad` in place instead of scattering it into a zero tensor of the full size
-(see its docstring for what that changes for callers of `torch.autograd.grad`). Every dynamic layer can hand back
-its static twin (`to_static`) with copied weights (allocated without an initialization that the copy would
-overwrite).
+(see its docstring for what that changes for callers of `torch.autograd.grad`). The supernet takes all its
+layers' slices in one such call per forward (`slices_taken`); a layer used on its own slices its parameters
+itself. Every dynamic layer can hand back its static twin (`to_static`) with copied weights (allocated without
+an initialization that the copy would overwrite).
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -98,6 +100,41 @@ def sliced_parameters(*slices: Slice) -> tuple[torch.Tensor, ...]:
     return _SliceIntoGrad.apply(slices, *(param for param, _, _ in slices))
 
 
+class SlicedLayer:
+    """A dynamic layer whose active parameters may be slices: `param_slices()` names them (empty at full size),
+    `active_slices()` gives them, taken by `slices_taken` for the next forward or else sliced on the spot."""
+
+    _full: bool
+    taken_slices: tuple[torch.Tensor, ...] | None = None
+
+    def param_slices(self) -> tuple[Slice, ...]:
+        raise NotImplementedError
+
+    def active_slices(self) -> tuple[torch.Tensor, ...]:
+        taken = self.taken_slices
+        return taken if taken is not None else sliced_parameters(*self.param_slices())
+
+
+@contextlib.contextmanager
+def slices_taken(layers: Sequence[SlicedLayer]) -> Iterator[None]:
+    """Within the block, `layers` use slices of their parameters taken in one `sliced_parameters` call: one
+    autograd node, one Python call in forward and one in backward for the whole net instead of one per layer
+    (each cost ~20 us in a training step, cache-cold between the kernels: a few % of a small subnet's step).
+    The slices' gradients then reach `.grad` at the end of the backward instead of layer by layer."""
+    layers = [layer for layer in layers if not layer._full]
+    per_layer = [layer.param_slices() for layer in layers]
+    taken = sliced_parameters(*[s for slices in per_layer for s in slices])
+    start = 0
+    for layer, slices in zip(layers, per_layer):
+        layer.taken_slices = taken[start:start + len(slices)]
+        start += len(slices)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.taken_slices = None  # the slices belong to this forward's graph only
+
+
 def _centre(size: int, k: int) -> slice:
     """The centred `k` of `size` positions (a smaller kernel cut from the centre of a larger one)."""
     start = (size - k) // 2
@@ -111,7 +148,7 @@ def act_layer(name: str) -> Callable[..., nn.Module]:
     return get_act_layer(_TIMM_ACT[name])
 
 
-class DynamicConv2d(nn.Module):
+class DynamicConv2d(SlicedLayer, nn.Module):
     """Conv with elastic in/out channels and, for depthwise convs, an elastic kernel cut from the centre."""
 
     def __init__(
@@ -162,15 +199,20 @@ class DynamicConv2d(nn.Module):
         self._weight_index = (slice(0, out_chs), slice(None) if self.depthwise else slice(0, in_chs),
                               *[_centre(self.max_kernel, first_kernel)] * 2)
 
+    def param_slices(self) -> tuple[Slice, ...]:
+        if self._full:
+            return ()
+        weight = (self.weight, self._weight_index, True)
+        return (weight,) if self.bias is None else (weight, (self.bias, self._weight_index[:1], False))
+
     def active_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The active weight and bias (None without bias); the parameters themselves at full size."""
         if self._full:
             return self.weight, self.bias
         if self.bias is None:
-            (w,), b = sliced_parameters((self.weight, self._weight_index, True)), None
+            (w,), b = self.active_slices(), None
         else:
-            w, b = sliced_parameters((self.weight, self._weight_index, True),
-                                     (self.bias, self._weight_index[:1], False))
+            w, b = self.active_slices()
         for k in self._transform_chain:
             if w.shape[-1] != k:
                 crop = _centre(w.shape[-1], k)
@@ -194,7 +236,7 @@ class DynamicConv2d(nn.Module):
         return conv
 
 
-class DynamicBatchNorm2d(nn.BatchNorm2d):
+class DynamicBatchNorm2d(SlicedLayer, nn.BatchNorm2d):
     """BatchNorm over the first `num_active` channels; affine params and running stats are sliced alike."""
 
     def __init__(self, max_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
@@ -205,6 +247,12 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         self.active_features = num_features
         self._full = num_features == self.num_features
 
+    def param_slices(self) -> tuple[Slice, ...]:
+        if self._full:
+            return ()
+        index = (slice(0, self.active_features),)
+        return (self.weight, index, False), (self.bias, index, False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._full:
             return super().forward(x)
@@ -214,8 +262,7 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        index = (slice(0, c),)
-        weight, bias = sliced_parameters((self.weight, index, False), (self.bias, index, False))
+        weight, bias = self.active_slices()
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias, use_batch_stats, factor,
                             self.eps)
 
@@ -232,7 +279,7 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         return bn
 
 
-class DynamicLinear(nn.Module):
+class DynamicLinear(SlicedLayer, nn.Module):
     """Linear layer with elastic input features (the output, the class count, is fixed)."""
 
     def __init__(self, max_in_features: int, out_features: int, bias: bool = True) -> None:
@@ -248,10 +295,13 @@ class DynamicLinear(nn.Module):
         self.in_features = in_features
         self._full = in_features == self.max_in_features
 
+    def param_slices(self) -> tuple[Slice, ...]:
+        return () if self._full else ((self.weight, (slice(None), slice(0, self.in_features)), False),)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._full:
             return F.linear(x, self.weight, self.bias)
-        (weight,) = sliced_parameters((self.weight, (slice(None), slice(0, self.in_features)), False))
+        (weight,) = self.active_slices()
         return F.linear(x, weight, self.bias)
 
     @torch.no_grad()

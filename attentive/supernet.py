@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSqueezeExcite, act_layer,
-                     drop_connect, dropout, pad_channels)
+from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, DynamicSqueezeExcite, SlicedLayer,
+                     act_layer, drop_connect, dropout, pad_channels, slices_taken)
 from .space import Arch, SearchSpace, load_space
 from .spec import HEAD_EXPAND, BlockSpec, NetSpec, block_shortcut, decode, expanded_chs, se_chs
 from .static import BlockLayers, ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
@@ -64,6 +64,11 @@ class DynamicMBConv(nn.Module):
         self.shortcut_pad_to = spec.out_chs if spec.shortcut == "pad" else None
         if spec.shortcut_conv:
             self.shortcut_conv.set_active(spec.in_chs, spec.out_chs)
+        # the layers this spec's forward runs, for `slices_taken`
+        self.active_layers: list[SlicedLayer] = (
+            ([self.conv_pw, self.bn1] if spec.expand else []) + [self.conv_dw, self.bn2]
+            + ([self.se.conv_reduce, self.se.conv_expand] if spec.se_chs else []) + [self.conv_pwl, self.bn3]
+            + ([self.shortcut_conv] if spec.shortcut_conv else []))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut_pool(x)
@@ -184,6 +189,8 @@ class Supernet(nn.Module):
         self.head_bn.set_active(spec.head_mid_chs)
         self.head_mix.set_active(spec.head_mid_chs, spec.head_out_chs)
         self.classifier.set_active(spec.head_out_chs)
+        self._feature_layers = [self.stem_conv, self.stem_bn] + [layer for b in active for layer in b.active_layers]
+        self._head_layers = [self.head_conv, self.head_bn, self.head_mix, self.classifier]
         self.active_arch = arch
         self.active_spec = spec
         return spec
@@ -214,21 +221,24 @@ class Supernet(nn.Module):
             self.set_regularization(0.0, 0.0)
 
     # ---- forward -----------------------------------------------------------------------------------
+    # The active layers' parameter slices are taken in one call per part (attentive.layers.slices_taken).
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_act(self.stem_bn(self.stem_conv(x)))
-        for block in self.active_blocks:
-            x = block(x)
+        with slices_taken(self._feature_layers):
+            x = self.stem_act(self.stem_bn(self.stem_conv(x)))
+            for block in self.active_blocks:
+                x = block(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_act1(self.head_bn(self.head_conv(x)))
-        x = x.mean((2, 3), keepdim=True)
-        x = self.head_act2(self.head_mix(x)).flatten(1)
-        if pre_logits:
-            return x
-        if self.dropout_rate > 0 and self.training:
-            x = dropout(x, self.dropout_rate, self.generator)
-        return self.classifier(x)
+        with slices_taken(self._head_layers[:-1] if pre_logits else self._head_layers):
+            x = self.head_act1(self.head_bn(self.head_conv(x)))
+            x = x.mean((2, 3), keepdim=True)
+            x = self.head_act2(self.head_mix(x)).flatten(1)
+            if pre_logits:
+                return x
+            if self.dropout_rate > 0 and self.training:
+                x = dropout(x, self.dropout_rate, self.generator)
+            return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.active_arch.resolution

@@ -188,14 +188,16 @@ def test_unused_parameters_keep_no_gradient():
     assert net.stem_conv.weight.grad.shape == net.stem_conv.weight.shape
 
 
-def test_no_parameter_is_sliced_twice_in_one_forward(monkeypatch):
+def test_each_parameter_is_sliced_once_per_forward_in_one_call_per_part(monkeypatch):
     """Why accumulating per slice equals autograd's sum-then-accumulate: each parameter is sliced once per graph
-    (autograd would add two uses of one parameter before accumulating, rounding differently)."""
-    seen: list[list[int]] = []
+    (autograd would add two uses of one parameter before accumulating, rounding differently). And the supernet
+    slices all its layers in one call for the features and one for the head (`slices_taken`): no layer falls
+    back to slicing on its own, and no layer keeps its slices (this forward's graph) after the forward."""
+    calls: list[list[list[int]]] = []
     apply = layers._SliceIntoGrad.apply
 
     def recording(slices, *params):
-        seen[-1].extend(id(p) for p in params)
+        calls[-1].append([id(p) for p in params])
         return apply(slices, *params)
 
     monkeypatch.setattr(layers._SliceIntoGrad, "apply", recording)
@@ -203,11 +205,16 @@ def test_no_parameter_is_sliced_twice_in_one_forward(monkeypatch):
                        ("attentivenas", {})):
         space = _variant(name, **keys)
         net = Supernet(space).train()
-        for arch in _archs(space).values():
-            seen.append([])
+        for label, arch in _archs(space).items():
+            calls.append([])
             _backward(net, arch, seed=0)
-            assert len(seen[-1]) == len(set(seen[-1])), f"{name} {keys}: a parameter sliced twice"
-    assert any(seen)
+            ids = [i for call in calls[-1] for i in call]
+            assert len(ids) == len(set(ids)), f"{name} {keys} {label}: a parameter sliced twice"
+            parts = sum(any(layer.param_slices() for layer in part) for part in (net._feature_layers, net._head_layers))
+            assert len(calls[-1]) == parts, f"{name} {keys} {label}: {len(calls[-1])} calls for {parts} parts"
+            assert (parts == 0) == (label == "max")  # only the largest subnet uses every parameter whole
+            assert all(m.taken_slices is None for m in net.modules() if isinstance(m, layers.SlicedLayer))
+    assert any(calls)
 
 
 def test_kernel_chain_seven_five_three(monkeypatch):
