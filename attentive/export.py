@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .calibration import calibrate_bn
 from .checkpoint import check_state_dict
-from .fileio import (BadFileError, atomic_directory, check_output_dir, load_torch_file, read_json_file,
+from .fileio import (BadFileError, atomic_directory, check_format, check_output_dir, load_torch_file, read_json_file,
                      write_json_atomic, write_text_atomic)
 from .evaluate import accuracy
 from .flops import count_flops, count_params
@@ -209,12 +209,7 @@ def load_subnet(directory: str | Path, map_location: str | torch.device = "cpu")
         raise BadFileError(directory, "no such export directory (written by search.py or export_subnet)")
     metrics_path, space_path, arch_path = directory / METRICS_FILE, directory / SPACE_FILE, directory / ARCH_FILE
     metrics = read_json_file(metrics_path, "export metrics file")
-    if not isinstance(metrics, dict) or metrics.get("format") != FORMAT:
-        found = metrics.get("format") if isinstance(metrics, dict) else type(metrics).__name__
-        raise BadFileError(metrics_path, f"not an attentive subnet export: format {found!r}, expected {FORMAT!r}")
-    if metrics.get("format_version") != FORMAT_VERSION:
-        raise BadFileError(metrics_path, f"export format version {metrics.get('format_version')!r} is not "
-                                         f"supported (this attentive reads {FORMAT_VERSION})")
+    check_format(metrics, metrics_path, FORMAT, FORMAT_VERSION, "an attentive subnet export")
     num_classes = metrics.get("num_classes")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BadFileError(metrics_path, f"num_classes must be a positive integer, got {num_classes!r}")

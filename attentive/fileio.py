@@ -141,6 +141,20 @@ def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
         raise BadFileError(path, f"not a readable {what} (truncated, or not JSON): {_first_line(e)}") from None
 
 
+def check_format(data: Any, where: str | Path, expected: str, version: int, what: str) -> dict:
+    """`data` (a file's parsed header) as a dict whose "format" is `expected` and "format_version" is `version`;
+    else `BadFileError` naming `where`: "not <what>" for a foreign file, the version found for another version.
+    `what` is the noun with its article ("a latency table"); the version message drops the article."""
+    if not isinstance(data, dict) or data.get("format") != expected:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BadFileError(where, f"not {what} (format {found!r}, expected {expected!r})")
+    if data.get("format_version") != version:
+        noun = what.split(" ", 1)[1] if what.split(" ", 1)[0] in ("a", "an") else what
+        raise BadFileError(where, f"{noun} format version {data.get('format_version')!r}; this code reads "
+                                  f"version {version}")
+    return data
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not strict JSON")
 

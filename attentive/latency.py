@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .fileio import BadFileError, read_json_file, write_json_atomic
+from .fileio import BadFileError, check_format, read_json_file, write_json_atomic
 from .layers import act_layer
 from .space import Arch, SearchSpace
 from .spec import BlockSpec, NetSpec, decode
@@ -472,12 +472,7 @@ class LatencyTable:
 
 
 def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -> None:
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise BadFileError(path, f"not a latency table (format {found!r}, expected {FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise BadFileError(path, f"latency table format version {data.get('format_version')!r}; this attentive "
-                                 f"reads version {FORMAT_VERSION}")
+    check_format(data, path, FORMAT, FORMAT_VERSION, "a latency table")
     needed = {"space_hash", "space_name", "runtime", "runtime_version", "device", "batch", "threads", "num_classes",
               "overhead_ms", "meta", "entries", "complete", "warmup", "repeats", "calibration_archs", "calibration"}
     missing = sorted(needed - set(data))

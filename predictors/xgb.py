@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import xgboost as xgb
 
-from attentive.fileio import BadFileError, json_safe, read_json_file, write_bytes_atomic, write_json_atomic
+from attentive.fileio import (BadFileError, check_format, json_safe, read_json_file, write_bytes_atomic,
+                              write_json_atomic)
 from attentive.metrics import regression_metrics
 from attentive.predictor import DEFAULT_TEACHER
 from attentive.space import SearchSpace
@@ -235,11 +236,7 @@ def _booster_from_bytes(model: bytes, where: str | Path) -> xgb.Booster:
 
 
 def _check_meta(meta: Any, space: SearchSpace, where: str | Path) -> None:
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BadFileError(where, f"not an attentive accuracy predictor (metadata format must be '{FORMAT}')")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BadFileError(where, f"predictor format version {meta.get('format_version')!r}; this code reads "
-                                  f"version {FORMAT_VERSION}")
+    check_format(meta, where, FORMAT, FORMAT_VERSION, "an attentive accuracy predictor")
     if meta.get("space_hash") != space.hash:
         raise BadFileError(where, f"predictor was fit for space '{meta.get('space_name')}' (hash "
                                   f"{meta.get('space_hash')}), not for space '{space.name}' (hash {space.hash})")
