@@ -37,7 +37,7 @@ from .sampling import SAMPLERS
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 AMP_MODES = ("none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", True, False)
-SANDWICH_RESOLUTIONS = ("fixed", "random")
+SANDWICH_RESOLUTIONS = ("fixed", "random", "random_min")
 SCORERS = ("predictor", "loss")
 
 
@@ -137,7 +137,9 @@ class TrainLoopConfig:
     sandwich_resolution: str = key(
         "fixed", "fixed: the largest subnet at the largest resolution, the smallest at the smallest (AttentiveNAS); "
         "random: both at one resolution drawn per step (OFA's elastic resolution), so that wide nets at low "
-        "resolution and narrow nets at high resolution are trained too", choices=SANDWICH_RESOLUTIONS)
+        "resolution and narrow nets at high resolution are trained too; random_min: the largest subnet at the largest "
+        "resolution (the distillation teacher stays at full strength), the smallest at a resolution drawn per step",
+        choices=SANDWICH_RESOLUTIONS)
 
 
 @dataclass(frozen=True)

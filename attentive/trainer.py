@@ -229,12 +229,15 @@ class Trainer:
 
     def sandwich_ends(self) -> tuple[Arch, Arch]:
         """The largest and smallest subnets of the coming step. With train.sandwich_resolution=random both run
-        at one resolution drawn from (seed, step): no generator state to checkpoint, resumes stay exact."""
-        if self.cfg["train"]["sandwich_resolution"] == "fixed":
+        at one resolution drawn from (seed, step), with random_min only the smallest: no generator state to
+        checkpoint, resumes stay exact."""
+        mode = self.cfg["train"]["sandwich_resolution"]
+        if mode == "fixed":
             return self.max_arch, self.min_arch
         rng = np.random.Generator(np.random.PCG64([self.seed, 5, self.global_step]))
         r = int(rng.choice(self.space.resolutions))
-        return dataclasses.replace(self.max_arch, resolution=r), dataclasses.replace(self.min_arch, resolution=r)
+        max_arch = self.max_arch if mode == "random_min" else dataclasses.replace(self.max_arch, resolution=r)
+        return max_arch, dataclasses.replace(self.min_arch, resolution=r)
 
     # ------------------------------------------------------------------------------------------------------
     # one step

@@ -124,7 +124,7 @@ def test_trainer_evaluates_through_evaluate_arch(tmp_path):
     assert got == {"min": expected}
 
 
-@pytest.mark.parametrize("resolution", ["fixed", "random"])
+@pytest.mark.parametrize("resolution", ["fixed", "random", "random_min"])
 def test_distillation_targets_are_the_largest_subnets_logits(tmp_path, monkeypatch, resolution):
     """Every distilled subnet's target is the largest subnet's own logits on the same batch in this step."""
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.dropout=0", "train.drop_connect=0",
@@ -166,6 +166,10 @@ def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
     assert set(draws) == set(t.space.resolutions)  # both resolutions of the tiny space occur
     t.global_step = 7
     assert t.sandwich_ends()[0].resolution == draws[7]  # a function of (seed, step): resumes redraw it
+    only_min = Trainer(_cfg(tmp_path / "only_min", "sampler.name=uniform", "train.sandwich_resolution=random_min"))
+    for step in range(40):  # the same draws, for the smallest subnet only; the teacher stays at full size
+        only_min.global_step = step
+        assert only_min.sandwich_ends() == (t.max_arch, dataclasses.replace(t.min_arch, resolution=draws[step]))
     fixed = Trainer(_cfg(tmp_path / "fixed", "sampler.name=uniform"))
     assert fixed.sandwich_ends() == (fixed.max_arch, fixed.min_arch)
     assert fixed.max_arch.resolution == max(fixed.space.resolutions)
