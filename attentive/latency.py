@@ -6,11 +6,14 @@ later blocks at each (resolution, width, kernel, expand), the head at each (reso
 each as its own small model in the runtime (onnxruntime: the static module exported to ONNX; torch: eager).
 Every entry is the median of `repeats` timed runs after `warmup` runs, with the runtime's threads pinned.
 
-Predicted latency = sum of the arch's entries - (parts - 1) * `overhead_ms`. Each entry was timed as one call into
-the runtime (input binding, output allocation, dispatch, thread wake-up), the whole net makes one call: the plain
-sum counts that cost once per part. `overhead_ms` is fitted once per table (least squares, `fit_overhead`) on
-`calibration_archs` seeded random archs measured end to end at build time; it also absorbs what isolation
-gets wrong on average (an entry runs with its own weights and input hot in cache, inside a net they are not). `predict_batch` evaluates that sum for many gene-index rows at
+Predicted latency = `scale` * (sum of the arch's entries) + `per_part_ms` * (parts - 1). Each entry was timed as
+one call into the runtime, and a call's cost beyond the layers' own work (copying the input in, allocating the
+output, dispatch) grows with the tensors' size, so a constant per-call overhead does not fit it; inside a whole
+net, which makes one call, a part costs a share of its isolated time plus a little for the extra nodes. The two
+numbers are fitted once per table (least squares, `fit_calibration`) on `calibration_archs` seeded random archs
+measured end to end at build time; they also absorb what isolation gets wrong on average (an entry runs with its
+own weights and input hot in cache). Measured on the tiny space, onnxruntime, 1 thread: MAPE 6.0% -> 3.4-3.7%
+against one per-call constant (docs/results.md). `predict_batch` evaluates that sum for many gene-index rows at
 once from per-stage lookup arrays (like `attentive.flops.count_flops_batch`): all blocks after the first in a
 stage are identical, so a stage costs `first + (depth - 1) * later`.
 
@@ -43,7 +46,7 @@ from .spec import BlockSpec, NetSpec, decode
 from .static import ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
 
 FORMAT = "attentive.latency_table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: calibration (scale, per_part_ms) replaced the single per-call overhead_ms
 RUNTIMES = ("onnxruntime", "torch")
 LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
@@ -385,7 +388,8 @@ class LatencyTable:
         self.batch: int = data["batch"]
         self.threads: int = data["threads"]
         self.num_classes: int = data["num_classes"]
-        self.overhead_ms: float = data["overhead_ms"]  # fitted per-call overhead (see fit_overhead)
+        self.scale: float = data["scale"]  # fitted calibration (fit_calibration): whole-net share of the entries
+        self.per_part_ms: float = data["per_part_ms"]
         self.meta: dict[str, Any] = data["meta"]
         self.entries: dict[str, float] = data["entries"]
         self._arrays = self._lookup_arrays()
@@ -454,9 +458,7 @@ class LatencyTable:
             k, e = idx[:, lay.k_off + s], idx[:, lay.e_off + s]
             depth = lay.depths[s][idx[:, lay.d_off + s]]
             total = total + a["first"][s][r, w[s], w[s + 1], k, e] + (depth - 1) * a["later"][s][r, w[s + 1], k, e]
-        if self.overhead_ms:
-            total = total - (part_counts(self.space, idx) - 1) * self.overhead_ms
-        return total
+        return self.scale * total + self.per_part_ms * (part_counts(self.space, idx) - 1)
 
     def predict(self, arch: Arch | dict) -> float:
         """Predicted latency (ms) of one arch."""
@@ -474,7 +476,7 @@ class LatencyTable:
 def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -> None:
     check_format(data, path, FORMAT, FORMAT_VERSION, "a latency table")
     needed = {"space_hash", "space_name", "runtime", "runtime_version", "device", "batch", "threads", "num_classes",
-              "overhead_ms", "meta", "entries", "complete", "warmup", "repeats", "calibration_archs", "calibration"}
+              "scale", "per_part_ms", "meta", "entries", "complete", "warmup", "repeats", "calibration_archs", "calibration"}
     missing = sorted(needed - set(data))
     if missing:
         raise BadFileError(path, f"latency table lacks the keys {missing}")
@@ -520,7 +522,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
                 calibration_archs: int = CALIBRATION_ARCHS,
                 on_entry: Callable[[str, float], None] | None = None) -> LatencyTable:
     """Measure every distinct part of `space`'s nets, then `calibration_archs` seeded random archs end to end to
-    fit the per-call overhead, and write the table to `out_path` (JSON, rewritten atomically after each
+    fit the calibration (scale, per-part cost), and write the table to `out_path` (JSON, rewritten atomically after each
     measurement). A partial table from an interrupted build with the same settings is resumed: what it holds is
     kept and only the rest is measured; one with other settings is refused (BadFileError).
 
@@ -542,7 +544,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     parts = _Layout(space, num_classes).parts()
 
     data = dict(settings, space=space.to_dict(), meta=device_description(device, threads), complete=False,
-                overhead_ms=None, entries={}, calibration=[])
+                scale=None, per_part_ms=None, entries={}, calibration=[])
     if out_path.exists():
         old = read_json_file(out_path, "latency table")
         if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("format_version") != FORMAT_VERSION:
@@ -573,7 +575,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
         measured(part.key, data["entries"][part.key])
 
     # Calibration: the entries' plain sum counts one runtime call per part, the net makes one call in all.
-    uncalibrated = LatencyTable(dict(data, overhead_ms=0.0), space, out_path)
+    uncalibrated = LatencyTable(dict(data, scale=1.0, per_part_ms=0.0), space, out_path)
     idx = space.sample_indices(np.random.Generator(np.random.PCG64(CALIBRATION_SEED)), calibration_archs)
     sums, counts = uncalibrated.predict_batch(idx), part_counts(space, idx)
     measure_calibration = len(data["calibration"]) != calibration_archs
@@ -581,22 +583,28 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
         archs = [space.arch_from_indices(i) for i in idx]
         data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
                                for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
-    data["overhead_ms"] = fit_overhead(data["calibration"])
+    data["scale"], data["per_part_ms"] = fit_calibration(data["calibration"])
     data["complete"] = True
     save()
     if measure_calibration and on_entry is not None:
-        on_entry("calibration", data["overhead_ms"])
+        on_entry("calibration", data["per_part_ms"])
     return LatencyTable(data, space, out_path)
 
 
-def fit_overhead(rows: Sequence[dict[str, Any]]) -> float:
-    """Least-squares per-call overhead c in `measured = sum - (parts - 1) * c` over calibration rows (0 without
-    rows: OFA's plain sum). Negative when parts run slower inside the net than alone (cold caches)."""
+def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Least-squares (scale, per_part_ms) in `measured = scale * sum + per_part_ms * (parts - 1)` over calibration
+    rows. Without rows (1, 0): OFA's plain sum; with one row, or rows that cannot separate the two terms (all
+    with the same part count and sum ratio), the scale alone."""
     if not rows:
-        return 0.0
+        return 1.0, 0.0
+    sums = np.array([r["sum_ms"] for r in rows], dtype=np.float64)
     extra = np.array([r["parts"] - 1 for r in rows], dtype=np.float64)
-    excess = np.array([r["sum_ms"] - r["measured_ms"] for r in rows], dtype=np.float64)
-    return float(extra @ excess / (extra @ extra))
+    measured = np.array([r["measured_ms"] for r in rows], dtype=np.float64)
+    design = np.stack([sums, extra], axis=1)
+    if np.linalg.matrix_rank(design) < 2:
+        return float(sums @ measured / (sums @ sums)), 0.0
+    scale, per_part = np.linalg.lstsq(design, measured, rcond=None)[0]
+    return float(scale), float(per_part)
 
 
 def part_counts(space: SearchSpace, idx: np.ndarray) -> np.ndarray:
