@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import scipy.optimize
 import torch
 import torch.nn as nn
 
@@ -52,6 +53,7 @@ LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 100
 CALIBRATION_ARCHS = 20
+ENTRY_GROUP = 24  # table entries measured together, taking turns (build_table)
 MEASURE_ROUNDS = 10  # end-to-end measurements of many archs take turns in this many rounds (measure_latencies)
 CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
 INPUT_SEED = 0  # seeded random inputs and weights: latency does not depend on them, reproducibility does
@@ -561,18 +563,23 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     def save() -> None:
         write_json_atomic(out_path, data)
 
-    def measured(key: str, ms: float) -> None:
-        save()
-        if on_entry is not None:
-            on_entry(key, ms)
-
+    # Entries are measured in groups that take turns (measure_latencies): a hiccup of the machine a few ms long
+    # then spoils one round of many entries, not every run of one (measured on the shared 2-core VM: timed one
+    # after another, about one entry in ten came out 1.3-2x too slow). The file is saved after each group.
     todo = [p for p in parts if p.key not in data["entries"]]
-    for part in tqdm(todo, desc=f"latency table ({runtime}, {device}, batch {batch})", unit="entry",
-                     disable=not progress or not todo, dynamic_ncols=True):
-        module = _fresh_module(part.build)
-        data["entries"][part.key] = measure_latency(module, (batch, *part.input_chw), runtime, device, threads,
-                                                    warmup, repeats)
-        measured(part.key, data["entries"][part.key])
+    with tqdm(total=len(todo), desc=f"latency table ({runtime}, {device}, batch {batch})", unit="entry",
+              disable=not progress or not todo, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), ENTRY_GROUP):
+            group = todo[start:start + ENTRY_GROUP]
+            times = measure_latencies([_fresh_module(p.build) for p in group], [(batch, *p.input_chw) for p in group],
+                                      runtime, device, threads, warmup, repeats, rounds=MEASURE_ROUNDS)
+            for part, ms in zip(group, times):
+                data["entries"][part.key] = ms
+            save()
+            for part, ms in zip(group, times):
+                if on_entry is not None:
+                    on_entry(part.key, ms)
+            bar.update(len(group))
 
     # Calibration: the entries' plain sum counts one runtime call per part, the net makes one call in all.
     uncalibrated = LatencyTable(dict(data, scale=1.0, per_part_ms=0.0), space, out_path)
@@ -592,9 +599,10 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
 
 
 def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """Least-squares (scale, per_part_ms) in `measured = scale * sum + per_part_ms * (parts - 1)` over calibration
-    rows. Without rows (1, 0): OFA's plain sum; with one row, or rows that cannot separate the two terms (all
-    with the same part count and sum ratio), the scale alone."""
+    """Least-squares (scale, per_part_ms), both >= 0, in `measured = scale * sum + per_part_ms * (parts - 1)` over
+    calibration rows. Without rows (1, 0): OFA's plain sum; with one row, or rows that cannot separate the two
+    terms (all with the same part count and sum ratio), the scale alone. Non-negative because a few noisy rows
+    can otherwise fit a negative term that predicts negative latencies for archs outside their range."""
     if not rows:
         return 1.0, 0.0
     sums = np.array([r["sum_ms"] for r in rows], dtype=np.float64)
@@ -603,7 +611,7 @@ def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
     design = np.stack([sums, extra], axis=1)
     if np.linalg.matrix_rank(design) < 2:
         return float(sums @ measured / (sums @ sums)), 0.0
-    scale, per_part = np.linalg.lstsq(design, measured, rcond=None)[0]
+    (scale, per_part), _ = scipy.optimize.nnls(design, measured)
     return float(scale), float(per_part)
 
 
