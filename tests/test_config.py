@@ -92,6 +92,7 @@ def test_imagenet_recipe_values():
     assert cfg["eval"]["calib_batches"] == 64
     assert cfg["data"]["augment"] == "autoaugment" and cfg["data"]["name"] == "imagefolder"
     assert cfg["space"] == "attentivenas"
+    assert cfg["sampler"]["pool_size"] == 5_000_000  # sized for the schedule (docs/results.md: pool repeats)
 
 
 def test_yaml_then_overrides(tmp_path):
