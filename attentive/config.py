@@ -140,6 +140,17 @@ class TrainLoopConfig:
         "resolution and narrow nets at high resolution are trained too; random_min: the largest subnet at the largest "
         "resolution (the distillation teacher stays at full strength), the smallest at a resolution drawn per step",
         choices=SANDWICH_RESOLUTIONS)
+    # Progressive shrinking (OFA): a dimension turns elastic at its epoch; before it, every subnet of the step (the
+    # smallest included) keeps the largest net's values there. OFA's order is kernel, then depth, then expand.
+    elastic_kernel_from: int = key(0, "progressive shrinking: kernel sizes elastic from this epoch on, the largest "
+                                      "before it (every subnet, the smallest included); 0: from the start", min=0)
+    elastic_depth_from: int = key(0, "progressive shrinking: depths elastic from this epoch on", min=0)
+    elastic_expand_from: int = key(0, "progressive shrinking: expand ratios elastic from this epoch on", min=0)
+    elastic_width_from: int = key(0, "progressive shrinking: widths elastic from this epoch on", min=0)
+
+
+# train.elastic_<name>_from -> the Arch field it holds at the largest value before that epoch.
+ELASTIC_FIELDS = {"kernel": "kernel_size", "depth": "depth", "expand": "expand_ratio", "width": "width"}
 
 
 @dataclass(frozen=True)
@@ -410,6 +421,21 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
         if s["warmup_epochs"] >= sched["epochs"]:
             raise ConfigError(f"sampler.warmup_epochs ({s['warmup_epochs']}) must be < sched.epochs "
                               f"({sched['epochs']}), or the predictor would never be used")
+    t = cfg["train"]
+    for name in ELASTIC_FIELDS:
+        if t[f"elastic_{name}_from"] >= sched["epochs"]:
+            raise ConfigError(f"train.elastic_{name}_from ({t[f'elastic_{name}_from']}) must be < sched.epochs "
+                              f"({sched['epochs']}), or that dimension would never be trained elastic")
+    last_held = max(t[f"elastic_{name}_from"] for name in ELASTIC_FIELDS)
+    if s["name"] != "uniform" and last_held > 0:
+        # The attentive sampler draws from FLOPs buckets of the whole space: a candidate with dimensions held at the
+        # largest value would miss its bucket. So it starts only once every dimension is elastic.
+        start = 0 if (s["scorer"] == "predictor" and s["predictor"] is not None) else s["warmup_epochs"]
+        if start < last_held:
+            raise ConfigError(f"sampler.name={s['name']} starts at epoch {start} (sampler.warmup_epochs, 0 with a "
+                              f"given sampler.predictor), but train.elastic_*_from holds dimensions at their largest "
+                              f"value until epoch {last_held}: set sampler.warmup_epochs >= {last_held}, or "
+                              f"sampler.name=uniform")
     if cfg["resume"] is not None and cfg["resume"] != "auto" and not Path(cfg["resume"]).is_file():
         raise ConfigError(f"resume: checkpoint file not found: {cfg['resume']} (use resume=auto or a file path)")
     if cfg["optim"]["nesterov"] and cfg["optim"]["momentum"] == 0:

@@ -6,6 +6,7 @@ An `Arch` uses the dict layout of AttentiveNAS arch configs, so their published 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import yaml
@@ -252,6 +253,16 @@ class SearchSpace:
 
     def max_arch(self) -> Arch:
         return self._pick(None, "max")
+
+    def with_largest(self, arch: Arch, fields: Iterable[str]) -> Arch:
+        """`arch` with the named fields (of `ARCH_KEYS`) replaced by the largest arch's: progressive shrinking holds
+        the dimensions that are not elastic yet at their largest values."""
+        fields = tuple(fields)
+        unknown = [f for f in fields if f not in ARCH_KEYS]
+        if unknown:
+            raise ValueError(f"unknown arch fields {unknown}; allowed: {list(ARCH_KEYS)}")
+        largest = self.max_arch()
+        return dataclasses.replace(arch, **{f: getattr(largest, f) for f in fields})
 
     def sample(self, rng: np.random.Generator) -> Arch:
         """One arch uniformly at random over each choice."""

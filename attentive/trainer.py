@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 
 from .calibration import preserved_bn_state
 from .checkpoint import LAST_NAME
-from .config import save_config
+from .config import ELASTIC_FIELDS, save_config
 from .data import build_loader, calibration_batches, datasets_from_config, set_loader_epoch
 from .distributed import DistEnv, all_gather_json, all_reduce_mean, all_reduce_sum, broadcast_json, broadcast_module
 from .evaluate import amp_autocast, evaluate_arch
@@ -217,27 +217,37 @@ class Trainer:
 
         return score
 
+    def held_at_largest(self) -> tuple[str, ...]:
+        """The Arch fields that progressive shrinking (train.elastic_*_from) still holds at the largest net's
+        values in this epoch; empty once every dimension is elastic (the default: from the start)."""
+        t = self.cfg["train"]
+        return tuple(field for name, field in ELASTIC_FIELDS.items() if self.epoch < t[f"elastic_{name}_from"])
+
     def sample_middle(self, num: int, images: torch.Tensor, labels: torch.Tensor) -> list[Arch]:
-        """The step's `num` middle subnets: uniform in warm-up, else the attentive sampler's picks."""
+        """The step's `num` middle subnets: uniform in warm-up (with the dimensions that are not elastic yet held at
+        their largest values), else the attentive sampler's picks."""
         if num == 0:
             return []
-        if not self.attentive_active():
-            return self.uniform_sampler.sample(num)
+        if not self.attentive_active():  # the config starts the attentive sampler only once all is elastic
+            held = self.held_at_largest()
+            return [self.space.with_largest(a, held) for a in self.uniform_sampler.sample(num)]
         if self.cfg["sampler"]["scorer"] == "loss":
             return self.attentive_sampler.sample(num, self._loss_scorer(images, labels))
         return self.attentive_sampler.sample(num, predictor_scorer(self.predictor))
 
     def sandwich_ends(self) -> tuple[Arch, Arch]:
-        """The largest and smallest subnets of the coming step. With train.sandwich_resolution=random both run
+        """The largest and smallest subnets of the coming step (the smallest: of the dimensions that are elastic in
+        this epoch). With train.sandwich_resolution=random both run
         at one resolution drawn from (seed, step), with random_min only the smallest: no generator state to
         checkpoint, resumes stay exact."""
         mode = self.cfg["train"]["sandwich_resolution"]
+        min_arch = self.space.with_largest(self.min_arch, self.held_at_largest())  # smallest of what is elastic
         if mode == "fixed":
-            return self.max_arch, self.min_arch
+            return self.max_arch, min_arch
         rng = np.random.Generator(np.random.PCG64([self.seed, 5, self.global_step]))
         r = int(rng.choice(self.space.resolutions))
         max_arch = self.max_arch if mode == "random_min" else dataclasses.replace(self.max_arch, resolution=r)
-        return max_arch, dataclasses.replace(self.min_arch, resolution=r)
+        return max_arch, dataclasses.replace(min_arch, resolution=r)
 
     # ------------------------------------------------------------------------------------------------------
     # one step
@@ -271,6 +281,9 @@ class Trainer:
             state.epoch_sums, state.epoch_count = [0.0, 0.0], 0
         window_images, window_start = 0, time.perf_counter()
         epoch_start = time.perf_counter()
+        held = self.held_at_largest()
+        if held and start_batch == 0:
+            self.log.info("epoch %d: progressive shrinking holds %s at the largest values", epoch, ", ".join(held))
         bar = tqdm(total=self.steps_per_epoch, initial=start_batch, desc=f"epoch {epoch}", unit="step",
                    disable=not (self.env.is_main and lg["progress"]), dynamic_ncols=True, leave=True)
         try:

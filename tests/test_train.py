@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import json
 import platform
+import re
 import os
 import shutil
 import signal
@@ -20,7 +21,8 @@ import torch
 import attentive.train_step as step_mod
 import train
 from attentive.checkpoint import load_supernet
-from attentive.config import load_config
+from attentive import load_space
+from attentive.config import ConfigError, load_config
 from attentive.data import build_datasets, calibration_batches, datasets_from_config, set_loader_epoch
 from attentive.evaluate import evaluate_arch
 from attentive.fileio import BadFileError
@@ -173,6 +175,51 @@ def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
     fixed = Trainer(_cfg(tmp_path / "fixed", "sampler.name=uniform"))
     assert fixed.sandwich_ends() == (fixed.max_arch, fixed.min_arch)
     assert fixed.max_arch.resolution == max(fixed.space.resolutions)
+
+
+def test_progressive_shrinking_holds_dimensions_at_the_largest_until_their_epoch(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "sched.epochs=3", "train.elastic_depth_from=1",
+                     "train.elastic_expand_from=2", "train.elastic_width_from=2"))
+    largest, smallest = t.space.max_arch(), t.space.min_arch()
+    images, labels = _first_batch(t)
+    t.epoch = 0  # kernels elastic (OFA's first phase), the rest held at the largest values
+    assert t.held_at_largest() == ("depth", "expand_ratio", "width")
+    assert t.sandwich_ends() == (largest, dataclasses.replace(largest, kernel_size=smallest.kernel_size,
+                                                              resolution=smallest.resolution))
+    middle = t.sample_middle(40, images, labels)
+    assert all((a.depth, a.expand_ratio, a.width) == (largest.depth, largest.expand_ratio, largest.width)
+               for a in middle)
+    assert len({a.kernel_size for a in middle}) > 1  # the elastic dimension still varies
+    t.epoch = 1
+    assert t.held_at_largest() == ("expand_ratio", "width")
+    assert t.sandwich_ends()[1].depth == smallest.depth and t.sandwich_ends()[1].width == largest.width
+    t.epoch = 2  # everything elastic: the plain sandwich
+    assert t.held_at_largest() == ()
+    assert t.sandwich_ends() == (largest, smallest)
+    assert len({a.width for a in t.sample_middle(40, images, labels)}) > 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.elastic_kernel_from=3"], "train.elastic_kernel_from (3) must be < sched.epochs (3)"),
+    (["sampler.name=bestup", "sampler.warmup_epochs=1", "train.elastic_width_from=2"],
+     "set sampler.warmup_epochs >= 2"),
+    (["sampler.name=bestup", "sampler.scorer=loss", "sampler.warmup_epochs=0", "train.elastic_depth_from=1"],
+     "set sampler.warmup_epochs >= 1"),
+])
+def test_progressive_shrinking_refuses_schedules_that_cannot_run(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _cfg(tmp_path, "sched.epochs=3", *overrides)
+
+
+def test_with_largest_replaces_named_fields_only():
+    space = load_space("tiny")
+    small = space.min_arch()
+    held = space.with_largest(small, ["kernel_size", "width"])
+    assert held.kernel_size == space.max_arch().kernel_size and held.width == space.max_arch().width
+    assert (held.depth, held.expand_ratio, held.resolution) == (small.depth, small.expand_ratio, small.resolution)
+    assert space.with_largest(small, []) == small
+    with pytest.raises(ValueError, match="unknown arch fields \\['kernel'\\]"):
+        space.with_largest(small, ["kernel"])
 
 
 def test_bf16_autocast_step_runs_on_cpu(tmp_path):
