@@ -261,6 +261,8 @@ class SearchSpace:
         unknown = [f for f in fields if f not in ARCH_KEYS]
         if unknown:
             raise ValueError(f"unknown arch fields {unknown}; allowed: {list(ARCH_KEYS)}")
+        if not fields:  # the trainer calls this every step; with nothing held it is `arch` itself
+            return arch
         largest = self.max_arch()
         return dataclasses.replace(arch, **{f: getattr(largest, f) for f in fields})
 
