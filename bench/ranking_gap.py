@@ -24,6 +24,8 @@ so an interrupted run resumes with the next arch.
     python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp_ranking_gap           # 5 epochs per arch
     python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2_small --threads 1 --epochs 1 --max-steps 80 \\
         --eval-size 2000 --holdout-size 1000 --calib-batches 4                          # ~10 min on 2 busy cores
+    python bench/ranking_gap.py --checkpoint runs/demo/train/last.pt --out runs/exp2_inherited --num-archs 12 \\
+        --inherited-only --calib-batches 8      # a new supernet against the from-scratch column of an earlier run
     python bench/ranking_gap.py --quick --out /tmp/exp2_smoke      # synthetic smoke test: numbers mean nothing
 """
 from __future__ import annotations
@@ -80,6 +82,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="train from scratch only the archs i with i %% N == K (one process per core or GPU, same "
                         "--out), then stop; a last run without --shard reuses every saved arch and writes the results")
+    p.add_argument("--inherited-only", action="store_true",
+                   help="measure only the inherited top-1 and the proxies of the same archs (no from-scratch "
+                        "training, no taus): the supernet changes, the from-scratch column of an earlier run "
+                        "with the same --num-archs and --arch-seed does not")
     p.add_argument("--quick", action="store_true",
                    help="synthetic smoke mode: without --checkpoint a 2-step synthetic supernet is trained first; "
                         "1 epoch x 2 steps per arch (results mean nothing)")
@@ -215,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert 0 <= args.shard_index < args.shard_count
         except (ValueError, AssertionError):
             problems.append(f"--shard must be K/N with 0 <= K < N (e.g. 0/2), got {args.shard!r}")
+    if args.shard is not None and args.inherited_only:
+        problems.append("--shard splits the from-scratch training, which --inherited-only skips: use one of them")
     if problems:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
@@ -279,6 +287,11 @@ def _experiment(args: argparse.Namespace) -> int:
     images, labels = random_minibatch(data.train, args.proxy_batch, seed=args.seed)
     proxy_scores = {p: score_archs(space, archs, p, images, labels, seed=args.seed, device=device,
                                    num_classes=num_classes).tolist() for p in PROXIES}
+
+    if args.inherited_only:
+        return _write_inherited_only(out, args, checkpoint, ckpt, space, archs, mflops, inherited_test,
+                                     inherited_holdout, proxy_scores, calib_batches, d["batch_size"], len(test),
+                                     len(holdout), warning)
 
     # ---- from scratch, one arch at a time, each result saved as it finishes ----
     recipe = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps, "batch_size": batch_size,
@@ -355,6 +368,36 @@ def _experiment(args: argparse.Namespace) -> int:
     if warning:
         print("\n" + warning)
     print(f"\nwrote {out / 'results.json'}, results.csv, ranking_gap.png")
+    return 0
+
+
+def _write_inherited_only(out: Path, args: argparse.Namespace, checkpoint: Path, ckpt: dict, space, archs,
+                          mflops: list[float], inherited_test: list[float], inherited_holdout: list[float],
+                          proxy_scores: dict[str, list[float]], calib_batches: int, calib_batch_size: int,
+                          test_images: int, holdout_images: int, warning: str | None) -> int:
+    """--inherited-only: the same report without the from-scratch column and the taus (results.json, .csv)."""
+    rows = [{"arch_index": i, "mflops": mflops[i], "inherited_test_top1": inherited_test[i],
+             "inherited_holdout_top1": inherited_holdout[i], **{p: proxy_scores[p][i] for p in PROXIES},
+             "arch": arch.to_dict()} for i, arch in enumerate(archs)]
+    report = {
+        "experiment": "ranking_gap", "mode": "inherited_only", "warning": warning, "checkpoint": str(checkpoint),
+        "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
+        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
+        "inherited": {"calib_batches": calib_batches, "calib_batch_size": calib_batch_size, "calib_seed": args.seed,
+                      "test_images": test_images, "holdout_images": holdout_images},
+        "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
+        "note": "no from-scratch training in this mode; test accuracies are reported only",
+        "rows": rows,
+    }
+    write_json_atomic(out / "results.json", report)
+    write_csv_atomic(out / "results.csv", rows)
+    print(f"\n{'#':>2} {'MFLOPs':>7} {'inh.test':>8} {'inh.hold':>8}")
+    for r in rows:
+        print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['inherited_test_top1']):>8} "
+              f"{fmt(r['inherited_holdout_top1']):>8}")
+    if warning:
+        print("\n" + warning)
+    print(f"\nwrote {out / 'results.json'}, results.csv (inherited only)")
     return 0
 
 

@@ -131,6 +131,18 @@ def test_ranking_gap_quick(exp1_out, tmp_path):
     assert _is_png(out / "ranking_gap.png")
     assert len(list((out / "scratch").glob("arch_*.json"))) == 8  # per-arch results saved for resume
 
+    # --inherited-only: the same archs and inherited top-1 (same checkpoint, calibration and images), nothing
+    # trained from scratch and no taus
+    inh = tmp_path / "exp2_inherited"
+    assert exp2.main(["--quick", "--threads", "1", "--checkpoint", str(ckpt), "--out", str(inh), "--inherited-only"]) == 0
+    assert not (inh / "scratch").exists()
+    only = json.loads((inh / "results.json").read_text())
+    assert only["mode"] == "inherited_only" and "kendall_tau_vs_scratch_test_top1" not in only
+    assert [r["arch"] for r in only["rows"]] == [r["arch"] for r in rows]
+    for k in ("mflops", "inherited_test_top1", "inherited_holdout_top1", *exp2.PROXIES):
+        assert [r[k] for r in only["rows"]] == [r[k] for r in rows], k
+    assert all("scratch_test_top1" not in r for r in only["rows"])
+
 
 def test_usage_errors(capsys):
     assert exp1.main(["--methods", "uniform,nope"]) == 2
@@ -139,8 +151,9 @@ def test_usage_errors(capsys):
     assert exp2.main([]) == 2  # --checkpoint required outside --quick
     assert exp2.main(["--quick", "--num-archs", "4"]) == 2
     assert exp2.main(["--quick", "--shard", "2/2"]) == 2
+    assert exp2.main(["--quick", "--shard", "0/2", "--inherited-only"]) == 2
     err = capsys.readouterr().err
-    assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err
+    assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err and "--inherited-only skips" in err
 
 
 def test_sampler_pool_coverage_counts_every_draw_once():
