@@ -288,10 +288,21 @@ def _experiment(args: argparse.Namespace) -> int:
     proxy_scores = {p: score_archs(space, archs, p, images, labels, seed=args.seed, device=device,
                                    num_classes=num_classes).tolist() for p in PROXIES}
 
+    measured = [{"arch_index": i, "mflops": mflops[i], "inherited_test_top1": inherited_test[i],
+                 "inherited_holdout_top1": inherited_holdout[i], **{p: proxy_scores[p][i] for p in PROXIES},
+                 "arch": arch.to_dict()} for i, arch in enumerate(archs)]
+    header = {
+        "experiment": "ranking_gap", "mode": "inherited_only" if args.inherited_only else "full",
+        "warning": warning, "checkpoint": str(checkpoint),
+        "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
+        "checkpoint_sampler": cfg.get("sampler", {}).get("name"),
+        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
+        "inherited": {"calib_batches": calib_batches, "calib_batch_size": d["batch_size"], "calib_seed": args.seed,
+                      "test_images": len(test), "holdout_images": len(holdout)},
+        "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
+    }
     if args.inherited_only:
-        return _write_inherited_only(out, args, checkpoint, ckpt, space, archs, mflops, inherited_test,
-                                     inherited_holdout, proxy_scores, calib_batches, d["batch_size"], len(test),
-                                     len(holdout), warning)
+        return _write_inherited_only(out, header, measured, warning)
 
     # ---- from scratch, one arch at a time, each result saved as it finishes ----
     recipe = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps, "batch_size": batch_size,
@@ -327,27 +338,17 @@ def _experiment(args: argparse.Namespace) -> int:
               f"{out / 'scratch'}; run again without --shard to write the results once every shard is done")
         return 0
 
-    rows = []
-    for i, arch in enumerate(archs):
-        rows.append({"arch_index": i, "mflops": mflops[i], "scratch_test_top1": scratch[i]["test_top1"],
-                     "scratch_status": scratch[i]["status"], "scratch_train_seconds": scratch[i]["train_seconds"],
-                     "scratch_steps": scratch[i]["steps"], "inherited_test_top1": inherited_test[i],
-                     "inherited_holdout_top1": inherited_holdout[i],
-                     **{p: proxy_scores[p][i] for p in PROXIES}, "arch": arch.to_dict()})
+    rows = [{"arch_index": m["arch_index"], "mflops": m["mflops"], "scratch_test_top1": res["test_top1"],
+             "scratch_status": res["status"], "scratch_train_seconds": res["train_seconds"],
+             "scratch_steps": res["steps"], **m} for m, res in zip(measured, scratch)]
     target = [np.nan if r["scratch_test_top1"] is None else r["scratch_test_top1"] for r in rows]
     taus = {"inherited_test": kendall_tau(inherited_test, target),
             "inherited_holdout": kendall_tau(inherited_holdout, target),
             **{p: kendall_tau(proxy_scores[p], target) for p in PROXIES},
             "mflops": kendall_tau(mflops, target)}
     report = {
-        "experiment": "ranking_gap", "warning": warning, "checkpoint": str(checkpoint),
-        "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
-        "checkpoint_sampler": cfg.get("sampler", {}).get("name"),
-        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
+        **header,
         "scratch_recipe": recipe,
-        "inherited": {"calib_batches": calib_batches, "calib_batch_size": d["batch_size"], "calib_seed": args.seed,
-                      "test_images": len(test), "holdout_images": len(holdout)},
-        "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
         "kendall_tau_vs_scratch_test_top1": taus,
         "note": "test accuracies are reported only; nothing is chosen by them",
         "rows": rows,
@@ -371,24 +372,10 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_inherited_only(out: Path, args: argparse.Namespace, checkpoint: Path, ckpt: dict, space, archs,
-                          mflops: list[float], inherited_test: list[float], inherited_holdout: list[float],
-                          proxy_scores: dict[str, list[float]], calib_batches: int, calib_batch_size: int,
-                          test_images: int, holdout_images: int, warning: str | None) -> int:
+def _write_inherited_only(out: Path, header: dict[str, Any], rows: list[dict[str, Any]], warning: str | None) -> int:
     """--inherited-only: the same report without the from-scratch column and the taus (results.json, .csv)."""
-    rows = [{"arch_index": i, "mflops": mflops[i], "inherited_test_top1": inherited_test[i],
-             "inherited_holdout_top1": inherited_holdout[i], **{p: proxy_scores[p][i] for p in PROXIES},
-             "arch": arch.to_dict()} for i, arch in enumerate(archs)]
-    report = {
-        "experiment": "ranking_gap", "mode": "inherited_only", "warning": warning, "checkpoint": str(checkpoint),
-        "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
-        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
-        "inherited": {"calib_batches": calib_batches, "calib_batch_size": calib_batch_size, "calib_seed": args.seed,
-                      "test_images": test_images, "holdout_images": holdout_images},
-        "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
-        "note": "no from-scratch training in this mode; test accuracies are reported only",
-        "rows": rows,
-    }
+    report = {**header, "note": "no from-scratch training in this mode; test accuracies are reported only",
+              "rows": rows}
     write_json_atomic(out / "results.json", report)
     write_csv_atomic(out / "results.csv", rows)
     print(f"\n{'#':>2} {'MFLOPs':>7} {'inh.test':>8} {'inh.hold':>8}")
