@@ -338,6 +338,7 @@ def _experiment(args: argparse.Namespace) -> int:
               f"{out / 'scratch'}; run again without --shard to write the results once every shard is done")
         return 0
 
+    # arch_index and mflops named first only to keep the CSV's column order: the scratch columns come next
     rows = [{"arch_index": m["arch_index"], "mflops": m["mflops"], "scratch_test_top1": res["test_top1"],
              "scratch_status": res["status"], "scratch_train_seconds": res["train_seconds"],
              "scratch_steps": res["steps"], **m} for m, res in zip(measured, scratch)]

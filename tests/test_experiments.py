@@ -113,7 +113,7 @@ def test_ranking_gap_quick(exp1_out, tmp_path):
     assert exp2.main(common) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")} == saved  # none retrained
     report = json.loads((out / "results.json").read_text())
-    assert report["warning"] and report["num_archs"] == 8
+    assert report["warning"] and report["num_archs"] == 8 and report["mode"] == "full"
     rows = report["rows"]
     assert len(rows) == 8 and len({r["mflops"] for r in rows}) == 8
     for r in rows:
