@@ -31,7 +31,6 @@ from attentive.config import load_config  # noqa: E402
 from attentive.data import set_loader_epoch  # noqa: E402
 from attentive.flops import count_flops_batch  # noqa: E402
 from attentive.trainer import Trainer  # noqa: E402
-from predictors.xgb import AccuracyPredictor  # noqa: E402
 
 VARIANTS = {
     "uniform": {"sampler.name": "uniform"},
@@ -41,17 +40,23 @@ VARIANTS = {
 SPACES = {"tiny": 28, "attentivenas": 224}  # synthetic image size; the supernet resizes to each arch's resolution
 
 
-def build_trainer(space: str, image_size: int, variant: dict, steps: int, out: Path) -> Trainer:
-    batch = 8
+def build_trainer(space: str, image_size: int, variant: dict, steps: int, out: Path, *, device: str = "cpu",
+                  batch: int = 8, amp: str = "none") -> Trainer:
+    """A Trainer on synthetic images with enough for `steps` batches; `variant` overrides sampler keys."""
     updates = {
-        "space": space, "output_dir": str(out), "device": "cpu", "data.name": "synthetic",
+        "space": space, "output_dir": str(out), "device": device, "amp": amp, "data.name": "synthetic",
         "data.image_size": image_size, "data.batch_size": batch, "data.holdout_fraction": 0.1,
         "data.synthetic_num_train": batch * (steps + 4) * 10 // 9 + 8, "data.synthetic_num_test": 8,
         "train.num_subnets": 4, "sampler.num_trials": 3, "sched.epochs": 2, "sched.warmup_epochs": 0,
         "log.progress": False, "log.tensorboard": False, **variant,
     }
-    t = Trainer(load_config(None, updates=updates), predictor_backend=AccuracyPredictor)
-    if variant.get("sampler.scorer") == "predictor":
+    cfg = load_config(None, updates=updates)
+    if variant.get("sampler.scorer") != "predictor":  # xgboost is imported only here: bench/amp_speed.py runs without it
+        t = Trainer(cfg)
+    else:
+        from predictors.xgb import AccuracyPredictor
+
+        t = Trainer(cfg, predictor_backend=AccuracyPredictor)
         rng = np.random.Generator(np.random.PCG64(0))
         idx = t.space.sample_indices(rng, 300)
         mflops = count_flops_batch(t.space, idx, t.num_classes)

@@ -170,3 +170,25 @@ def test_sampler_pool_coverage_counts_every_draw_once():
     assert c["draws"] == 1200 and c["distinct"] + c["repeated_draws"] == c["draws"]
     assert c["distinct"] <= 500 and c["repeated_draws"] >= 700
     assert sampler_pool.whole_space_repeat_fraction(space, 1200) < 1e-5
+
+
+def test_amp_speed_runs_each_precision_on_the_same_work(capsys):
+    """bench/amp_speed.py (the GPU script's AMP step, here on the CPU with bf16): every precision takes its steps,
+    the first precision is the ratio's base, and bf16's first loss agrees with fp32's (same init, same subnets,
+    same batch); fp16 on the CPU and unknown modes are usage errors."""
+    import amp_speed
+    import torch
+
+    res = amp_speed.measure("tiny", 8, ["none", "bf16"], steps=2, warmup=1, num_subnets=2,
+                            device=torch.device("cpu"))
+    assert list(res) == ["none", "bf16"]
+    assert res["none"]["ratio"] == 1.0
+    for r in res.values():
+        assert r["finite"] and r["min_s"] <= r["median_s"] <= r["max_s"] and r["peak_mib"] == 0.0
+    assert res["bf16"]["first_loss"] != res["none"]["first_loss"]  # autocast really ran in bf16
+    assert res["bf16"]["first_loss"] == pytest.approx(res["none"]["first_loss"], abs=0.05)
+    assert amp_speed.main(["--device", "cpu", "--precisions", "none,fp16"]) == 2
+    assert amp_speed.main(["--device", "cpu", "--precisions", "fp32"]) == 2
+    assert amp_speed.main(["--device", "cpu", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "fp16 needs a CUDA device" in err and "unknown mode 'fp32'" in err and "--steps is too small" in err
