@@ -26,20 +26,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_speed import build_trainer  # noqa: E402
+from train_speed import SPACES, build_trainer  # noqa: E402  (SPACES: synthetic image size per space)
 
 from attentive.config import AMP_MODES  # noqa: E402
 from attentive.data import set_loader_epoch  # noqa: E402
 from attentive.distributed import resolve_device  # noqa: E402
-
-IMAGE_SIZE = {"tiny": 28, "attentivenas": 224}  # synthetic image size; the supernet resizes to each arch's resolution
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--space", default="attentivenas", choices=sorted(IMAGE_SIZE))
+    p.add_argument("--space", default="attentivenas", choices=sorted(SPACES))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--precisions", default="none,bf16,fp16", help=f"comma-separated amp modes {AMP_MODES}; none = fp32")
     p.add_argument("--steps", type=int, default=10, help="timed steps per precision")
@@ -95,7 +93,7 @@ def measure(space: str, batch: int, precisions: list[str], steps: int, warmup: i
     total = steps + warmup
     with tempfile.TemporaryDirectory() as tmp:
         variant = {"sampler.name": "uniform", "train.num_subnets": num_subnets}
-        trainers = {p: build_trainer(space, IMAGE_SIZE[space], variant, total, Path(tmp) / p, device=str(device),
+        trainers = {p: build_trainer(space, SPACES[space], variant, total, Path(tmp) / p, device=str(device),
                                      batch=batch, amp=p) for p in precisions}
         first = next(iter(trainers.values()))
         set_loader_epoch(first.train_loader, 0)
