@@ -192,3 +192,19 @@ def test_amp_speed_runs_each_precision_on_the_same_work(capsys):
     assert amp_speed.main(["--device", "cpu", "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "fp16 needs a CUDA device" in err and "unknown mode 'fp32'" in err and "--steps is too small" in err
+
+
+def test_gpu_check_refuses_to_start_without_cuda(tmp_path):
+    """bench/gpu_check.sh checks its dependencies and CUDA before any step: here (no GPU) it stops at once, with
+    a message, and writes nothing into $OUT."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run its steps")
+    out = tmp_path / "gpu"
+    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out)}, timeout=300)
+    assert res.returncode == 1 and "CUDA is not available" in res.stderr
+    assert list(out.iterdir()) == []
