@@ -26,6 +26,10 @@ so an interrupted run resumes with the next arch.
         --eval-size 2000 --holdout-size 1000 --calib-batches 4                          # ~10 min on 2 busy cores
     python bench/ranking_gap.py --checkpoint runs/demo/train/last.pt --out runs/exp2_inherited --num-archs 12 \\
         --inherited-only --calib-batches 8      # a new supernet against the from-scratch column of an earlier run
+    python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 12 \\
+        --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # + the demo's exports against from scratch
+    python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 0 \\
+        --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # the exports alone: their gaps, no taus
     python bench/ranking_gap.py --quick --out /tmp/exp2_smoke      # synthetic smoke test: numbers mean nothing
 """
 from __future__ import annotations
@@ -56,8 +60,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None,
                    help="supernet checkpoint (train.py last.pt); required unless --quick, which trains a tiny one")
-    p.add_argument("--num-archs", type=int, default=8, help="K subnets (>= 8)")
+    p.add_argument("--num-archs", type=int, default=8,
+                   help="K stratified subnets (>= 8), or 0 to measure only --extra-archs (no taus)")
     p.add_argument("--arch-seed", type=int, default=0, help="seed of the stratified arch choice")
+    p.add_argument("--extra-archs", nargs="+", default=[], metavar="ARCH_JSON",
+                   help="more archs to measure after the stratified ones, each a JSON file: an export's arch.json "
+                        "or metrics.json, a pareto.json row (e.g. is my exported subnet as good as the same net "
+                        "trained alone?). Listed with their gap to from scratch; left out of the taus, which "
+                        "stay those of the stratified archs (exports are chosen by inherited accuracy)")
     p.add_argument("--epochs", type=int, default=None, help="from-scratch epochs per arch (default 5; --quick 1)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="cap on steps per epoch (default: the whole training split; --quick 2)")
@@ -165,18 +175,25 @@ def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | Non
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
     ok = [r for r in rows if r["scratch_test_top1"] is not None]
-    x = np.array([r["inherited_test_top1"] for r in ok])
-    y = np.array([r["scratch_test_top1"] for r in ok])
     f = np.array([r["mflops"] for r in ok])
-    sc = ax.scatter(x, y, c=f, cmap="viridis", s=50, edgecolors="black", linewidths=0.5)
+    norm = plt.Normalize(f.min(), f.max())
+    sc = None
+    for source, marker in (("stratified", "o"), ("extra", "*")):  # extra archs: stars, outside the tau
+        part = [r for r in ok if (r["source"] == "stratified") == (source == "stratified")]
+        if part:
+            sc = ax.scatter([r["inherited_test_top1"] for r in part], [r["scratch_test_top1"] for r in part],
+                            c=[r["mflops"] for r in part], cmap="viridis", norm=norm, marker=marker,
+                            s=50 if marker == "o" else 150, edgecolors="black", linewidths=0.5)
     for r in ok:
         ax.annotate(str(r["arch_index"]), (r["inherited_test_top1"], r["scratch_test_top1"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
-    fig.colorbar(sc, ax=ax, label="MFLOPs")
-    t = taus["inherited_test"]["tau"]
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="MFLOPs")
+    t = taus["inherited_test"]
     ax.set_xlabel("inherited test top-1 (%) (supernet weights, BN recalibrated)")
     ax.set_ylabel("from-scratch test top-1 (%)")
-    ax.set_title(f"{len(ok)} subnets: Kendall tau = {fmt(t, 3)}", fontsize=10)
+    ax.set_title(f"{len(ok)} subnets: Kendall tau = {fmt(t['tau'], 3)} over the {t['n']} stratified ones"
+                 + (" (stars: --extra-archs)" if len(ok) > t["n"] else ""), fontsize=10)
     ax.grid(alpha=0.3)
     names = list(taus)
     vals = [taus[n]["tau"] if taus[n]["tau"] is not None else 0.0 for n in names]
@@ -206,14 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = []
     if args.checkpoint is None and not args.quick:
         problems.append("--checkpoint is required (a train.py last.pt) unless --quick")
-    if args.num_archs < 8:
-        problems.append(f"--num-archs must be >= 8, got {args.num_archs}")
+    if args.num_archs < 8 and not (args.num_archs == 0 and args.extra_archs):
+        problems.append(f"--num-archs must be >= 8 (or 0 with --extra-archs: their gaps only), got {args.num_archs}")
     for name in ("threads", "epochs", "max_steps", "batch_size", "calib_batches", "eval_size", "holdout_size", "proxy_batch"):
         v = getattr(args, name)
         if v is not None and v < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         problems.append(f"--checkpoint: file not found: {args.checkpoint}")
+    problems += [f"--extra-archs: file not found: {p}" for p in args.extra_archs if not Path(p).is_file()]
     args.shard_index = args.shard_count = None
     if args.shard is not None:
         try:
@@ -247,7 +265,9 @@ def _experiment(args: argparse.Namespace) -> int:
     from attentive.data import build_loader, calibration_batches, datasets_from_config
     from attentive.flops import count_flops
     from attentive.distributed import resolve_device
+    from attentive.fileio import BadFileError
     from attentive.measure import measure_archs, stratified_archs
+    from attentive.select import read_arch_file
     from predictors.proxies import random_minibatch, score_archs
 
     out = Path(args.out)
@@ -272,7 +292,16 @@ def _experiment(args: argparse.Namespace) -> int:
     holdout = seeded_subset(data.holdout, args.holdout_size, seed=0)
     test_loader = build_loader(test, d["eval_batch_size"], train=False)
     holdout_loader = build_loader(holdout, d["eval_batch_size"], train=False)
-    archs = stratified_archs(space, args.num_archs, np.random.Generator(np.random.PCG64(args.arch_seed)))
+    archs = (stratified_archs(space, args.num_archs, np.random.Generator(np.random.PCG64(args.arch_seed)))
+             if args.num_archs else [])
+    sources = ["stratified"] * len(archs)
+    for path in args.extra_archs:  # appended, so the stratified archs keep their indices (and saved results)
+        try:
+            archs.append(read_arch_file(path, space))
+        except BadFileError as e:
+            print(f"error: --extra-archs: {e}", file=sys.stderr)
+            return 2
+        sources.append(str(path))
     mflops = [count_flops(space, a, num_classes) for a in archs]
 
     # ---- inherited accuracy (supernet weights, BN recalibrated) and proxies ----
@@ -288,7 +317,7 @@ def _experiment(args: argparse.Namespace) -> int:
     proxy_scores = {p: score_archs(space, archs, p, images, labels, seed=args.seed, device=device,
                                    num_classes=num_classes).tolist() for p in PROXIES}
 
-    measured = [{"arch_index": i, "mflops": mflops[i], "inherited_test_top1": inherited_test[i],
+    measured = [{"arch_index": i, "source": sources[i], "mflops": mflops[i], "inherited_test_top1": inherited_test[i],
                  "inherited_holdout_top1": inherited_holdout[i], **{p: proxy_scores[p][i] for p in PROXIES},
                  "arch": arch.to_dict()} for i, arch in enumerate(archs)]
     header = {
@@ -296,7 +325,8 @@ def _experiment(args: argparse.Namespace) -> int:
         "warning": warning, "checkpoint": str(checkpoint),
         "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
         "checkpoint_sampler": cfg.get("sampler", {}).get("name"),
-        "space": space.name, "space_hash": space.hash, "num_archs": len(archs), "arch_seed": args.arch_seed,
+        "space": space.name, "space_hash": space.hash, "num_archs": args.num_archs, "arch_seed": args.arch_seed,
+        "extra_archs": list(args.extra_archs),
         "inherited": {"calib_batches": calib_batches, "calib_batch_size": d["batch_size"], "calib_seed": args.seed,
                       "test_images": len(test), "holdout_images": len(holdout)},
         "proxies": {"names": list(PROXIES), "minibatch": args.proxy_batch, "seed": args.seed},
@@ -342,11 +372,14 @@ def _experiment(args: argparse.Namespace) -> int:
     rows = [{"arch_index": m["arch_index"], "mflops": m["mflops"], "scratch_test_top1": res["test_top1"],
              "scratch_status": res["status"], "scratch_train_seconds": res["train_seconds"],
              "scratch_steps": res["steps"], **m} for m, res in zip(measured, scratch)]
-    target = [np.nan if r["scratch_test_top1"] is None else r["scratch_test_top1"] for r in rows]
-    taus = {"inherited_test": kendall_tau(inherited_test, target),
-            "inherited_holdout": kendall_tau(inherited_holdout, target),
-            **{p: kendall_tau(proxy_scores[p], target) for p in PROXIES},
-            "mflops": kendall_tau(mflops, target)}
+    for r in rows:
+        r["gap"] = None if r["scratch_test_top1"] is None else r["scratch_test_top1"] - r["inherited_test_top1"]
+    k = args.num_archs  # the taus rank the stratified archs only
+    target = [np.nan if r["scratch_test_top1"] is None else r["scratch_test_top1"] for r in rows[:k]]
+    taus = {"inherited_test": kendall_tau(inherited_test[:k], target),
+            "inherited_holdout": kendall_tau(inherited_holdout[:k], target),
+            **{p: kendall_tau(proxy_scores[p][:k], target) for p in PROXIES},
+            "mflops": kendall_tau(mflops[:k], target)}
     report = {
         **header,
         "scratch_recipe": recipe,
@@ -358,13 +391,13 @@ def _experiment(args: argparse.Namespace) -> int:
     write_csv_atomic(out / "results.csv", rows)
     plot(out / "ranking_gap.png", rows, taus, warning)
 
-    print(f"\n{'#':>2} {'MFLOPs':>7} {'scratch':>8} {'inh.test':>8} {'inh.hold':>8} "
-          + " ".join(f"{p:>10}" for p in PROXIES))
+    print(f"\n{'#':>2} {'MFLOPs':>7} {'scratch':>8} {'inh.test':>8} {'gap':>6} {'inh.hold':>8} "
+          + " ".join(f"{p:>10}" for p in PROXIES) + "  source")
     for r in rows:
         print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['scratch_test_top1']):>8} "
-              f"{fmt(r['inherited_test_top1']):>8} {fmt(r['inherited_holdout_top1']):>8} "
-              + " ".join(f"{r[p]:>10.3g}" for p in PROXIES))
-    print("\nKendall tau vs from-scratch test top-1:")
+              f"{fmt(r['inherited_test_top1']):>8} {fmt(r['gap']):>6} {fmt(r['inherited_holdout_top1']):>8} "
+              + " ".join(f"{r[p]:>10.3g}" for p in PROXIES) + f"  {r['source']}")
+    print(f"\nKendall tau vs from-scratch test top-1 ({k} stratified archs):")
     for name, t in taus.items():
         print(f"  {name:<18} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
     if warning:
@@ -379,10 +412,10 @@ def _write_inherited_only(out: Path, header: dict[str, Any], rows: list[dict[str
               "rows": rows}
     write_json_atomic(out / "results.json", report)
     write_csv_atomic(out / "results.csv", rows)
-    print(f"\n{'#':>2} {'MFLOPs':>7} {'inh.test':>8} {'inh.hold':>8}")
+    print(f"\n{'#':>2} {'MFLOPs':>7} {'inh.test':>8} {'inh.hold':>8}  source")
     for r in rows:
         print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['inherited_test_top1']):>8} "
-              f"{fmt(r['inherited_holdout_top1']):>8}")
+              f"{fmt(r['inherited_holdout_top1']):>8}  {r['source']}")
     if warning:
         print("\n" + warning)
     print(f"\nwrote {out / 'results.json'}, results.csv (inherited only)")

@@ -99,7 +99,7 @@ def test_attentive_vs_uniform_quick(exp1_out, capsys):
     assert all(r["timing"]["final_json"]["steps"] == 2 for r in again["runs"])
 
 
-def test_ranking_gap_quick(exp1_out, tmp_path):
+def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     ckpt = exp1_out / "runs" / "uniform_seed0" / "last.pt"
     out = tmp_path / "exp2"
     common = ["--quick", "--threads", "1", "--checkpoint", str(ckpt), "--out", str(out)]
@@ -131,6 +131,26 @@ def test_ranking_gap_quick(exp1_out, tmp_path):
     assert _is_png(out / "ranking_gap.png")
     assert len(list((out / "scratch").glob("arch_*.json"))) == 8  # per-arch results saved for resume
 
+    # --extra-archs (e.g. a search's exports): measured after the stratified archs, which keep their saved results,
+    # rows and taus; the extra arch is stratified arch 2 again (as a pareto.json row), so the same recipe and seed
+    # must give it arch 2's numbers, and its gap is from-scratch minus inherited
+    extra = tmp_path / "pareto_row.json"
+    extra.write_text(json.dumps({"mflops": rows[2]["mflops"], "arch": rows[2]["arch"]}))
+    assert exp2.main([*common, "--extra-archs", str(extra)]) == 0
+    with_extra = json.loads((out / "results.json").read_text())
+    assert with_extra["kendall_tau_vs_scratch_test_top1"] == taus and with_extra["extra_archs"] == [str(extra)]
+    assert with_extra["rows"][:8] == rows and all(r["source"] == "stratified" for r in rows)
+    added = with_extra["rows"][8]
+    assert added["arch_index"] == 8 and added["source"] == str(extra) and added["arch"] == rows[2]["arch"]
+    for k in ("mflops", "scratch_test_top1", "inherited_test_top1", "inherited_holdout_top1"):
+        assert added[k] == rows[2][k], k
+    assert added["gap"] == pytest.approx(added["scratch_test_top1"] - added["inherited_test_top1"])
+    assert len(list((out / "scratch").glob("arch_*.json"))) == 9  # only the extra arch was trained
+    bad = tmp_path / "not_an_arch.json"
+    bad.write_text(json.dumps({"resolution": 999}))
+    assert exp2.main([*common, "--extra-archs", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
     # --inherited-only: the same archs and inherited top-1 (same checkpoint, calibration and images), nothing
     # trained from scratch and no taus
     inh = tmp_path / "exp2_inherited"
@@ -152,8 +172,10 @@ def test_usage_errors(capsys):
     assert exp2.main(["--quick", "--num-archs", "4"]) == 2
     assert exp2.main(["--quick", "--shard", "2/2"]) == 2
     assert exp2.main(["--quick", "--shard", "0/2", "--inherited-only"]) == 2
+    assert exp2.main(["--quick", "--extra-archs", "no/such/arch.json"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err and "--inherited-only skips" in err
+    assert "--extra-archs: file not found: no/such/arch.json" in err
 
 
 def test_sampler_pool_coverage_counts_every_draw_once():
