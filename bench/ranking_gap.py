@@ -397,9 +397,10 @@ def _experiment(args: argparse.Namespace) -> int:
         print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['scratch_test_top1']):>8} "
               f"{fmt(r['inherited_test_top1']):>8} {fmt(r['gap']):>6} {fmt(r['inherited_holdout_top1']):>8} "
               + " ".join(f"{r[p]:>10.3g}" for p in PROXIES) + f"  {r['source']}")
-    print(f"\nKendall tau vs from-scratch test top-1 ({k} stratified archs):")
-    for name, t in taus.items():
-        print(f"  {name:<18} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
+    if k:  # no taus for --num-archs 0: only the extra archs' gaps
+        print(f"\nKendall tau vs from-scratch test top-1 ({k} stratified archs):")
+        for name, t in taus.items():
+            print(f"  {name:<18} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
     if warning:
         print("\n" + warning)
     print(f"\nwrote {out / 'results.json'}, results.csv, ranking_gap.png")
