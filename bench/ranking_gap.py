@@ -178,8 +178,8 @@ def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | Non
     f = np.array([r["mflops"] for r in ok])
     norm = plt.Normalize(f.min(), f.max())
     sc = None
-    for source, marker in (("stratified", "o"), ("extra", "*")):  # extra archs: stars, outside the tau
-        part = [r for r in ok if (r["source"] == "stratified") == (source == "stratified")]
+    for extra, marker in ((False, "o"), (True, "*")):  # --extra-archs: stars, outside the tau
+        part = [r for r in ok if (r["source"] != "stratified") == extra]
         if part:
             sc = ax.scatter([r["inherited_test_top1"] for r in part], [r["scratch_test_top1"] for r in part],
                             c=[r["mflops"] for r in part], cmap="viridis", norm=norm, marker=marker,

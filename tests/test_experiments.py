@@ -146,6 +146,14 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
         assert added[k] == rows[2][k], k
     assert added["gap"] == pytest.approx(added["scratch_test_top1"] - added["inherited_test_top1"])
     assert len(list((out / "scratch").glob("arch_*.json"))) == 9  # only the extra arch was trained
+    # --num-archs 0: the extra arch alone, the same numbers again, no taus
+    alone = tmp_path / "exp2_alone"
+    assert exp2.main([*common[:-1], str(alone), "--num-archs", "0", "--extra-archs", str(extra)]) == 0
+    only_extra = json.loads((alone / "results.json").read_text())
+    assert [r["arch_index"] for r in only_extra["rows"]] == [0]
+    assert {k: only_extra["rows"][0][k] for k in ("arch", "scratch_test_top1", "inherited_test_top1", "gap")} == \
+        {k: added[k] for k in ("arch", "scratch_test_top1", "inherited_test_top1", "gap")}
+    assert all(t["n"] == 0 and t["tau"] is None for t in only_extra["kendall_tau_vs_scratch_test_top1"].values())
     bad = tmp_path / "not_an_arch.json"
     bad.write_text(json.dumps({"resolution": 999}))
     assert exp2.main([*common, "--extra-archs", str(bad)]) == 2
