@@ -175,8 +175,8 @@ def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | Non
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
     ok = [r for r in rows if r["scratch_test_top1"] is not None]
-    f = np.array([r["mflops"] for r in ok])
-    norm = plt.Normalize(f.min(), f.max())
+    mflops = [r["mflops"] for r in ok]
+    norm = plt.Normalize(min(mflops, default=None), max(mflops, default=None))  # one colour scale for both markers
     sc = None
     for extra, marker in ((False, "o"), (True, "*")):  # --extra-archs: stars, outside the tau
         part = [r for r in ok if (r["source"] != "stratified") == extra]

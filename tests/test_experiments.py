@@ -238,3 +238,13 @@ def test_gpu_check_refuses_to_start_without_cuda(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out)}, timeout=300)
     assert res.returncode == 1 and "CUDA is not available" in res.stderr
     assert list(out.iterdir()) == []
+
+
+def test_ranking_gap_plot_when_every_arch_diverged(tmp_path):
+    """The plot still writes a PNG when no arch has a from-scratch accuracy (all diverged): no colour scale to
+    build from, no tau."""
+    taus = {name: {"tau": None, "p_value": None, "n": 0} for name in ("inherited_test", "mflops")}
+    rows = [{"arch_index": 0, "source": "stratified", "mflops": 3.0, "inherited_test_top1": 88.0,
+             "scratch_test_top1": None}]
+    exp2.plot(tmp_path / "ranking_gap.png", rows, taus, None)
+    assert _is_png(tmp_path / "ranking_gap.png")
