@@ -294,18 +294,20 @@ class Trainer:
                 out = self.train_step(images, labels)
                 self.batch_in_epoch = batch_idx + 1
                 self.train_seconds += time.perf_counter() - step_start
-                kd = float(np.mean(out.losses[1:]))
-                state.epoch_sums = [state.epoch_sums[0] + out.losses[0], state.epoch_sums[1] + kd]
+                # the other subnets' mean loss: KL to the teacher, or cross-entropy with train.inplace_distill=false
+                others = float(np.mean(out.losses[1:]))
+                state.epoch_sums = [state.epoch_sums[0] + out.losses[0], state.epoch_sums[1] + others]
                 state.epoch_count += 1
                 window_images += images.shape[0] * self.env.world_size
                 bar.update(1)
                 if self.global_step % lg["every_steps"] == 0 or self.batch_in_epoch == self.steps_per_epoch:
                     elapsed = time.perf_counter() - window_start
                     ips = window_images / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{out.losses[0]:.3f}", kd=f"{kd:.3f}", lr=f"{out.lr:.4g}", img_s=f"{ips:.0f}")
-                    self._log("train", epoch=epoch, batch=batch_idx, loss_max=out.losses[0], loss_kd=kd, lr=out.lr,
-                              images_per_s=ips, mflops_sampled=[count_flops(self.space, a, self.num_classes)
-                                                                for a in out.archs[1:-1]])
+                    bar.set_postfix(loss=f"{out.losses[0]:.3f}", others=f"{others:.3f}", lr=f"{out.lr:.4g}",
+                                    img_s=f"{ips:.0f}")
+                    self._log("train", epoch=epoch, batch=batch_idx, loss_max=out.losses[0], loss_others=others,
+                              lr=out.lr, images_per_s=ips,
+                              mflops_sampled=[count_flops(self.space, a, self.num_classes) for a in out.archs[1:-1]])
                     window_images, window_start = 0, time.perf_counter()
                 if (ck["every_steps"] and self.global_step % ck["every_steps"] == 0
                         and self.batch_in_epoch < self.steps_per_epoch):
@@ -315,7 +317,7 @@ class Trainer:
         finally:
             bar.close()
         count = max(state.epoch_count, 1)
-        return {"loss_max": state.epoch_sums[0] / count, "loss_kd": state.epoch_sums[1] / count,
+        return {"loss_max": state.epoch_sums[0] / count, "loss_others": state.epoch_sums[1] / count,
                 "steps": state.epoch_count,
                 "seconds": time.perf_counter() - epoch_start}
 

@@ -156,6 +156,30 @@ def test_distillation_targets_are_the_largest_subnets_logits(tmp_path, monkeypat
     assert real(torch.zeros(4, 10), expected[:4]).item() > 0
 
 
+def test_without_inplace_distillation_every_subnet_learns_the_labels(tmp_path, monkeypatch):
+    """train.inplace_distill=false (the demo's setting): each subnet's loss is the label-smoothed cross-entropy
+    of its own logits against the labels, and no distillation loss is computed."""
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.dropout=0", "train.drop_connect=0",
+                     "train.num_subnets=4", "train.inplace_distill=false", "train.sandwich_resolution=random_min"))
+
+    def refuse(student, teacher):
+        raise AssertionError("distill_loss called with inplace_distill=false")
+
+    monkeypatch.setattr(step_mod, "distill_loss", refuse)
+    images, labels = _first_batch(t)
+    for _ in range(2):
+        reference = copy.deepcopy(t.model).train()  # the weights every subnet of the coming step sees
+        out = t.train_step(images, labels)
+        assert len(out.losses) == 4
+        x, y = t._to_device(images, labels)
+        for arch, loss in zip(out.archs, out.losses):
+            reference.set_arch(arch)
+            with torch.no_grad():
+                expected = t.criterion(reference(x).float(), y).item()
+            assert loss == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert t.criterion.label_smoothing == t.cfg["train"]["label_smoothing"] > 0  # for every subnet
+
+
 def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.sandwich_resolution=random"))
     draws = []
