@@ -125,8 +125,10 @@ class SchedConfig:
 @dataclass(frozen=True)
 class TrainLoopConfig:
     num_subnets: int = key(4, "sandwich rule: largest + (num_subnets - 2) sampled + smallest, per step", min=2)
-    label_smoothing: float = key(0.1, "of the largest subnet's cross-entropy", min=0, below=1)
-    inplace_distill: bool = key(True, "other subnets learn the largest one's soft targets (KL); false: labels")
+    label_smoothing: float = key(0.1, "of the cross-entropy with the labels (the largest subnet's; every subnet's "
+                                      "with inplace_distill=false)", min=0, below=1)
+    inplace_distill: bool = key(True, "other subnets learn the largest one's soft targets (KL, AttentiveNAS); false: "
+                                      "the labels (the demo: better on a 4-epoch schedule, docs/results.md)")
     clip_grad_value: float | None = key(1.0, "gradient clipping by value; null: no clipping", above=0)
     dropout: float = key(0.2, "largest subnet only", min=0, below=1)
     drop_connect: float = key(0.2, "largest subnet only", min=0, below=1)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = {}
     train_dir = out / "train"
     seconds["training"] = run_stage(
-        "1/3 supernet training (sandwich rule, in-place distillation, BestUp with the predictor)",
+        "1/3 supernet training (sandwich rule, BestUp with the predictor)",
         [py, "train.py", "--config", TRAIN_CONFIG, f"output_dir={train_dir}",
          f"data.root={args.data_root.resolve()}", "resume=auto", *args.train_override],
         train_dir / "final.json", out / "logs")

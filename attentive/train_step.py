@@ -2,7 +2,8 @@
 
 1. the largest subnet, regularized (dropout, drop-connect), cross-entropy with label smoothing against the
    labels; its detached logits are the teacher;
-2. the middle subnets, then the smallest, each distilled towards the teacher (KL);
+2. the middle subnets, then the smallest, each distilled towards the teacher (KL), or with `inplace_distill=False`
+   learning the labels as the largest does (better on short schedules: docs/results.md);
 
 gradients accumulate over the subnets, are averaged over ranks once (with the losses, so every rank reaches the
 same finiteness verdict), clipped once, and the optimizer steps once. Which archs to run is the caller's choice
