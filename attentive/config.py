@@ -38,6 +38,7 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 AMP_MODES = ("none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", True, False)
 SANDWICH_RESOLUTIONS = ("fixed", "random", "random_min")
+SANDWICH_KERNELS = ("fixed", "random_max")
 SCORERS = ("predictor", "loss")
 
 
@@ -142,6 +143,10 @@ class TrainLoopConfig:
         "resolution and narrow nets at high resolution are trained too; random_min: the largest subnet at the largest "
         "resolution (the distillation teacher stays at full strength), the smallest at a resolution drawn per step",
         choices=SANDWICH_RESOLUTIONS)
+    sandwich_kernel: str = key(
+        "fixed", "fixed: the largest subnet with the largest kernel in every stage (AttentiveNAS); random_max: its "
+        "kernel size drawn per stage and step, so that wide nets with small kernels are trained too (with "
+        "inplace_distill the teacher then changes from step to step)", choices=SANDWICH_KERNELS)
     # Progressive shrinking (OFA): a dimension turns elastic at its epoch; before it, every subnet of the step (the
     # smallest included) keeps the largest net's values there. OFA's order is kernel, then depth, then expand.
     elastic_kernel_from: int = key(0, "progressive shrinking: kernel sizes elastic from this epoch on, the largest "

@@ -238,15 +238,23 @@ class Trainer:
     def sandwich_ends(self) -> tuple[Arch, Arch]:
         """The largest and smallest subnets of the coming step (the smallest: of the dimensions that are elastic in
         this epoch). With train.sandwich_resolution=random both run
-        at one resolution drawn from (seed, step), with random_min only the smallest: no generator state to
-        checkpoint, resumes stay exact."""
+        at one resolution drawn from (seed, step), with random_min only the smallest; with
+        train.sandwich_kernel=random_max the largest takes a kernel size per stage drawn from (seed, step) once
+        kernels are elastic. No generator state to checkpoint: resumes stay exact."""
+        held = self.held_at_largest()
+        max_arch = self.max_arch
+        if self.cfg["train"]["sandwich_kernel"] == "random_max" and "kernel_size" not in held:
+            rng = np.random.Generator(np.random.PCG64([self.seed, 6, self.global_step]))
+            kernels = tuple(int(rng.choice(stage.kernel_sizes)) for stage in self.space.stages)
+            max_arch = dataclasses.replace(max_arch, kernel_size=kernels)
         mode = self.cfg["train"]["sandwich_resolution"]
-        min_arch = self.space.with_largest(self.min_arch, self.held_at_largest())  # smallest of what is elastic
+        min_arch = self.space.with_largest(self.min_arch, held)  # smallest of what is elastic
         if mode == "fixed":
-            return self.max_arch, min_arch
+            return max_arch, min_arch
         rng = np.random.Generator(np.random.PCG64([self.seed, 5, self.global_step]))
         r = int(rng.choice(self.space.resolutions))
-        max_arch = self.max_arch if mode == "random_min" else dataclasses.replace(self.max_arch, resolution=r)
+        if mode == "random":
+            max_arch = dataclasses.replace(max_arch, resolution=r)
         return max_arch, dataclasses.replace(min_arch, resolution=r)
 
     # ------------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import yaml
 import train
 from attentive import data, distributed, predictor, sampling
 from attentive.config import (
-    AMP_MODES, CHANNELS_LAST, DEFAULTS, DIST_BACKENDS, SANDWICH_RESOLUTIONS, SCHEMA, SCORERS, SECTIONS, ConfigError,
-    defaults, describe_keys, diff_configs, dump_config, flatten, load_config, parse_override, save_config, validate,
-    valid_keys,
+    AMP_MODES, CHANNELS_LAST, DEFAULTS, DIST_BACKENDS, SANDWICH_KERNELS, SANDWICH_RESOLUTIONS, SCHEMA, SCORERS,
+    SECTIONS, ConfigError, defaults, describe_keys, diff_configs, dump_config, flatten, load_config, parse_override,
+    save_config, validate, valid_keys,
 )
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
@@ -29,8 +29,8 @@ EXPECTED_DEFAULTS = {
     "sched": {"epochs": 360, "warmup_epochs": 5.0, "warmup_lr_init": 0.0, "min_lr": 0.0},
     "train": {"num_subnets": 4, "label_smoothing": 0.1, "inplace_distill": True, "clip_grad_value": 1.0,
               "dropout": 0.2, "drop_connect": 0.2, "drop_connect_last_stages": 2, "max_steps_per_epoch": None,
-              "sandwich_resolution": "fixed", "elastic_kernel_from": 0, "elastic_depth_from": 0,
-              "elastic_expand_from": 0, "elastic_width_from": 0},
+              "sandwich_resolution": "fixed", "sandwich_kernel": "fixed", "elastic_kernel_from": 0,
+              "elastic_depth_from": 0, "elastic_expand_from": 0, "elastic_width_from": 0},
     "sampler": {"name": "uniform", "scorer": "predictor", "num_trials": 3, "flops_step": None, "pool_size": 1000000,
                 "predictor": None, "warmup_epochs": 0, "num_measure": 100, "refresh_every": 0,
                 "measure_holdout_size": None, "measure_calib_batches": 8, "predictor_teacher": "none"},
@@ -64,6 +64,7 @@ def test_choices_come_from_the_modules_that_own_them():
     assert SCHEMA["amp"].choices == AMP_MODES and SCHEMA["dist_backend"].choices == DIST_BACKENDS
     assert SCHEMA["channels_last"].choices == CHANNELS_LAST and SCHEMA["sampler.scorer"].choices == SCORERS
     assert SCHEMA["train.sandwich_resolution"].choices == SANDWICH_RESOLUTIONS
+    assert SCHEMA["train.sandwich_kernel"].choices == SANDWICH_KERNELS == ("fixed", "random_max")
 
 
 def test_split_defaults_agree_with_build_datasets():
@@ -163,6 +164,7 @@ def test_unknown_section_names_the_close_section(tmp_path):
     ("sampler.scorer=flops", "allowed: predictor, loss"),
     ("sampler.predictor_teacher=forest", "allowed: gp, none"),
     ("train.sandwich_resolution=sometimes", "allowed: fixed, random"),
+    ("train.sandwich_kernel=random", "allowed: fixed, random_max"),
     ("channels_last=1", "'channels_last': 1 is not allowed; allowed: auto, true, false"),
     # bounds: inclusive minimum, exclusive lower bound, exclusive upper bound
     ("train.num_subnets=1", "'train.num_subnets' must be >= 2, got 1"),

@@ -201,6 +201,39 @@ def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
     assert fixed.max_arch.resolution == max(fixed.space.resolutions)
 
 
+def test_random_max_kernel_is_drawn_per_stage_and_step_from_the_seed(tmp_path):
+    t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.sandwich_kernel=random_max"))
+    draws = []
+    for step in range(40):
+        t.global_step = step
+        max_arch, min_arch = t.sandwich_ends()
+        assert dataclasses.replace(max_arch, kernel_size=t.max_arch.kernel_size) == t.max_arch  # kernels only
+        assert min_arch == t.min_arch
+        assert all(k in stage.kernel_sizes for k, stage in zip(max_arch.kernel_size, t.space.stages))
+        draws.append(max_arch.kernel_size)
+    per_stage = list(zip(*draws))
+    assert all(set(ks) == set(stage.kernel_sizes) for ks, stage in zip(per_stage, t.space.stages))  # 3 and 5 occur
+    assert len(set(draws)) > 20  # stages drawn independently, not one coin for all
+    t.global_step = 7
+    assert t.sandwich_ends()[0].kernel_size == draws[7]  # a function of (seed, step): resumes redraw it
+    both = Trainer(_cfg(tmp_path / "both", "sampler.name=uniform", "train.sandwich_kernel=random_max",
+                        "train.sandwich_resolution=random"))
+    both.global_step = 7
+    assert both.sandwich_ends()[0].kernel_size == draws[7]
+    # Progressive shrinking holds the kernels at the largest until they turn elastic.
+    held = Trainer(_cfg(tmp_path / "held", "sampler.name=uniform", "sched.epochs=2", "train.sandwich_kernel=random_max",
+                        "train.elastic_kernel_from=1"))
+    for step in range(10):
+        held.global_step = step
+        assert held.sandwich_ends()[0] == held.max_arch
+    held.epoch = 1
+    kernels = set()
+    for step in range(10):
+        held.global_step = step
+        kernels.add(held.sandwich_ends()[0].kernel_size)
+    assert len(kernels) > 1
+
+
 def test_progressive_shrinking_holds_dimensions_at_the_largest_until_their_epoch(tmp_path):
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "sched.epochs=3", "train.elastic_depth_from=1",
                      "train.elastic_expand_from=2", "train.elastic_width_from=2"))
