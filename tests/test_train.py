@@ -180,12 +180,19 @@ def test_without_inplace_distillation_every_subnet_learns_the_labels(tmp_path, m
     assert t.criterion.label_smoothing == t.cfg["train"]["label_smoothing"] > 0  # for every subnet
 
 
+def _sandwich_ends_per_step(t: Trainer, steps: int = 40) -> list[tuple]:
+    """`t.sandwich_ends()` at global steps 0 .. steps-1."""
+    ends = []
+    for step in range(steps):
+        t.global_step = step
+        ends.append(t.sandwich_ends())
+    return ends
+
+
 def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.sandwich_resolution=random"))
     draws = []
-    for step in range(40):
-        t.global_step = step
-        max_arch, min_arch = t.sandwich_ends()
+    for max_arch, min_arch in _sandwich_ends_per_step(t):
         assert max_arch.resolution == min_arch.resolution
         assert dataclasses.replace(max_arch, resolution=t.max_arch.resolution) == t.max_arch
         draws.append(max_arch.resolution)
@@ -204,9 +211,7 @@ def test_random_sandwich_resolution_is_drawn_per_step_from_the_seed(tmp_path):
 def test_random_max_kernel_is_drawn_per_stage_and_step_from_the_seed(tmp_path):
     t = Trainer(_cfg(tmp_path, "sampler.name=uniform", "train.sandwich_kernel=random_max"))
     draws = []
-    for step in range(40):
-        t.global_step = step
-        max_arch, min_arch = t.sandwich_ends()
+    for max_arch, min_arch in _sandwich_ends_per_step(t):
         assert dataclasses.replace(max_arch, kernel_size=t.max_arch.kernel_size) == t.max_arch  # kernels only
         assert min_arch == t.min_arch
         assert all(k in stage.kernel_sizes for k, stage in zip(max_arch.kernel_size, t.space.stages))
@@ -221,17 +226,11 @@ def test_random_max_kernel_is_drawn_per_stage_and_step_from_the_seed(tmp_path):
     both.global_step = 7
     assert both.sandwich_ends()[0].kernel_size == draws[7]
     # Progressive shrinking holds the kernels at the largest until they turn elastic.
-    held = Trainer(_cfg(tmp_path / "held", "sampler.name=uniform", "sched.epochs=2", "train.sandwich_kernel=random_max",
-                        "train.elastic_kernel_from=1"))
-    for step in range(10):
-        held.global_step = step
-        assert held.sandwich_ends()[0] == held.max_arch
+    held = Trainer(_cfg(tmp_path / "held", "sampler.name=uniform", "sched.epochs=2",
+                        "train.sandwich_kernel=random_max", "train.elastic_kernel_from=1"))
+    assert all(ends[0] == held.max_arch for ends in _sandwich_ends_per_step(held, 10))
     held.epoch = 1
-    kernels = set()
-    for step in range(10):
-        held.global_step = step
-        kernels.add(held.sandwich_ends()[0].kernel_size)
-    assert len(kernels) > 1
+    assert len({ends[0].kernel_size for ends in _sandwich_ends_per_step(held, 10)}) > 1
 
 
 def test_progressive_shrinking_holds_dimensions_at_the_largest_until_their_epoch(tmp_path):
