@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import get_act_layer
 from torch.nn.utils import skip_init
 
+from .depthwise import depthwise_conv2d
+
 # Our YAML names -> timm's activation names.
 _TIMM_ACT = {"relu": "relu", "relu6": "relu6", "swish": "swish", "hswish": "hard_swish", "gelu": "gelu"}
 
@@ -222,6 +224,8 @@ class DynamicConv2d(SlicedLayer, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.active_params()
+        if self.depthwise:  # its weight gradient avoids oneDNN's slow path on maps smaller than the kernel
+            return depthwise_conv2d(x, weight, bias, self.stride, self.padding)
         return F.conv2d(x, weight, bias, self.stride, self.padding, 1, self.groups)
 
     @torch.no_grad()
