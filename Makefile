@@ -33,3 +33,4 @@ bench: venv
 	$(PY) bench/supernet_speed.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/search_speed.py
+	$(PY) bench/depthwise_grad.py

@@ -248,3 +248,23 @@ def test_ranking_gap_plot_when_every_arch_diverged(tmp_path):
              "scratch_test_top1": None}]
     exp2.plot(tmp_path / "ranking_gap.png", rows, taus, None)
     assert _is_png(tmp_path / "ranking_gap.png")
+
+
+def test_depthwise_grad_bench_prints_each_shape_and_the_step_ratio():
+    """bench/depthwise_grad.py: a row per layer shape (the 7x7 map marked as oneDNN's own), then both trainers'
+    median steps and their ratio, on a short run."""
+    import re
+    import subprocess
+
+    import depthwise_grad
+
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "depthwise_grad.py"), "--steps", "2", "--warmup", "1",
+                          "--repeats", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = re.findall(r"^\s+(\d+)x(\d+)x\d+ k(\d) +([\d.]+) +([\d.]+) +([\d.]+)x(.*)$", res.stdout, flags=re.M)
+    assert [(int(c), int(s), int(k)) for c, s, k, *_ in rows] == depthwise_grad.LAYER_SHAPES
+    for chs, side, kernel, onednn, taps, ratio, note in rows:
+        assert float(onednn) > 0 and float(taps) > 0
+        assert ("not used" in note) == (int(side) >= int(kernel))
+    assert re.search(r"taps +median step [\d.]+ s", res.stdout) and re.search(r"oneDNN +median step [\d.]+ s", res.stdout)
+    assert re.search(r"oneDNN / taps: [\d.]+x \(ratio of medians\), [\d.]+x \(median per-step ratio\)", res.stdout)
