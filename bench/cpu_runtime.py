@@ -40,19 +40,14 @@ def child(setting: str, steps: int, warmup: int, threads: int) -> list[float]:
         raise SystemExit("keep_freed_memory() is not available here (needs Linux with glibc)")
     if setting.startswith("malloc+cache") and not enlarge_primitive_cache():
         raise SystemExit(f"{PRIMITIVE_CACHE_ENV} is already set in the environment: unset it to compare")
+    from _experiment_utils import demo_step_updates
     from attentive.config import load_config
     from attentive.data import set_loader_epoch
     from attentive.trainer import Trainer
 
-    batch = 128
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, updates={
-            "space": "tiny", "output_dir": tmp, "device": "cpu", "num_threads": threads,
-            "channels_last": not setting.endswith("NCHW"),
-            "data.name": "synthetic", "data.image_size": 28, "data.batch_size": batch,
-            "data.synthetic_num_train": batch * (steps + warmup + 1) * 10 // 9 + 8, "data.synthetic_num_test": 8,
-            "train.num_subnets": 3, "sampler.name": "uniform", "sched.epochs": 1, "sched.warmup_epochs": 0,
-            "log.progress": False, "log.tensorboard": False})
+        cfg = load_config(None, updates=demo_step_updates(tmp, threads, steps + warmup,
+                                                          channels_last=not setting.endswith("NCHW")))
         trainer = Trainer(cfg)
         set_loader_epoch(trainer.train_loader, 0)
         times = []

@@ -61,22 +61,16 @@ def bench_layers(repeats: int) -> None:
 
 
 def bench_steps(steps: int, warmup: int, threads: int) -> None:
+    from _experiment_utils import demo_step_updates
     from attentive.config import load_config
     from attentive.data import set_loader_epoch
     from attentive.depthwise import tap_weight_grad
     from attentive.trainer import Trainer
 
-    batch = 128
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {}
-        for name in ("taps", "oneDNN"):
-            cfg = load_config(None, updates={
-                "space": "tiny", "output_dir": str(Path(tmp) / name), "device": "cpu", "num_threads": threads,
-                "channels_last": True, "data.name": "synthetic", "data.image_size": 28, "data.batch_size": batch,
-                "data.synthetic_num_train": batch * (steps + warmup + 1) * 10 // 9 + 8,
-                "data.synthetic_num_test": 8, "train.num_subnets": 3, "sampler.name": "uniform",
-                "sched.epochs": 1, "sched.warmup_epochs": 0, "log.progress": False, "log.tensorboard": False})
-            trainers[name] = Trainer(cfg)
+        trainers = {name: Trainer(load_config(None, updates=demo_step_updates(Path(tmp) / name, threads,
+                                                                              steps + warmup)))
+                    for name in ("taps", "oneDNN")}
         loader = trainers["taps"].train_loader
         set_loader_epoch(loader, 0)
         times: dict[str, list[float]] = {name: [] for name in trainers}
