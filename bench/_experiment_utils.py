@@ -30,18 +30,6 @@ NEUTRAL_KEYS = (*RESUME_NEUTRAL_KEYS, "num_threads")
 
 
 # ---- atomic files --------------------------------------------------------------------------------------------
-def demo_step_updates(out: str | Path, threads: int, steps: int, channels_last: bool = True) -> dict[str, Any]:
-    """Config updates for a Trainer whose steps have the Fashion-MNIST demo's shape on synthetic data (tiny space,
-    28 px, batch 128, 3 subnets, a new uniform middle subnet each step), with images for `steps` steps: what the
-    CPU speed benches time."""
-    batch = 128
-    return {"space": "tiny", "output_dir": str(out), "device": "cpu", "num_threads": threads,
-            "channels_last": channels_last, "data.name": "synthetic", "data.image_size": 28, "data.batch_size": batch,
-            "data.synthetic_num_train": batch * (steps + 1) * 10 // 9 + 8, "data.synthetic_num_test": 8,
-            "train.num_subnets": 3, "sampler.name": "uniform", "sched.epochs": 1, "sched.warmup_epochs": 0,
-            "log.progress": False, "log.tensorboard": False}
-
-
 def jsonable(v: Any) -> Any:
     """numpy scalars/arrays to Python, non-finite floats to None (JSON has no NaN)."""
     if isinstance(v, dict):
@@ -184,6 +172,18 @@ def fmt(v: float | None, digits: int = 2) -> str:
 
 
 # ---- training runs -------------------------------------------------------------------------------------------
+def demo_step_updates(out: str | Path, threads: int, steps: int, channels_last: bool = True) -> dict[str, Any]:
+    """Config updates for a Trainer whose steps have the Fashion-MNIST demo's shape on synthetic data (tiny space,
+    28 px, batch 128, 3 subnets, a new uniform middle subnet each step), with images for `steps` steps: what the
+    CPU speed benches time."""
+    batch = 128
+    return {"space": "tiny", "output_dir": str(out), "device": "cpu", "num_threads": threads,
+            "channels_last": channels_last, "data.name": "synthetic", "data.image_size": 28, "data.batch_size": batch,
+            "data.synthetic_num_train": batch * (steps + 1) * 10 // 9 + 8, "data.synthetic_num_test": 8,
+            "train.num_subnets": 3, "sampler.name": "uniform", "sched.epochs": 1, "sched.warmup_epochs": 0,
+            "log.progress": False, "log.tensorboard": False}
+
+
 def config_differences(saved: dict, wanted: dict) -> dict[str, tuple[Any, Any]]:
     """Config keys whose values differ, other than those that do not change a run's result."""
     return config_changes(saved, wanted, neutral=NEUTRAL_KEYS)
