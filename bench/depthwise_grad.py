@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per layer shape")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    for name, value, least in (("--steps", args.steps, 1), ("--repeats", args.repeats, 1),
+                               ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
+        if value < least:
+            parser.error(f"{name} must be at least {least}, got {value}")
     tune_cpu_runtime()  # before any tensor work, as train.py does
     import torch
 

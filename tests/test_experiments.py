@@ -269,3 +269,12 @@ def test_depthwise_grad_bench_prints_each_shape_and_the_step_ratio():
     for name in ("taps", "oneDNN"):
         assert re.search(rf"{name} +median step [\d.]+ s", res.stdout)
     assert re.search(r"oneDNN / taps: [\d.]+x \(ratio of medians\), [\d.]+x \(median per-step ratio\)", res.stdout)
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--repeats", "0"), ("--threads", "0"), ("--warmup", "-1")])
+def test_depthwise_grad_bench_refuses_bad_counts(flag, value, capsys):
+    import depthwise_grad
+
+    with pytest.raises(SystemExit) as exc:
+        depthwise_grad.main([flag, value])
+    assert exc.value.code == 2 and f"{flag} must be at least" in capsys.readouterr().err
