@@ -18,7 +18,12 @@ glibc's defaults every step page-faults its activations afresh, and more of them
 18,000 minor faults per step for the ImageNet space's smallest net: a ratio of ~1.12 that is the allocator's,
 not the slicing's); `--default-runtime` measures that way.
 
-    python bench/supernet_speed.py [--rounds 5] [--repeats 3] [--threads 2] [--reference] [--quick]
+Both sides run oneDNN's convolution kernels: the supernet's depthwise layers would otherwise take the tap weight
+gradient (`attentive.depthwise`) on maps smaller than their kernel (the tiny space's last stages), which static
+nets never take, and the ratio would mix that speed-up into the slicing's cost. `--tap-weight-grad` times the
+supernet as training runs it, taps included.
+
+    python bench/supernet_speed.py [--rounds 5] [--repeats 3] [--threads 2] [--reference] [--tap-weight-grad] [--quick]
     python bench/supernet_speed.py --device cuda --spaces attentivenas --batch 64 --resolution 192
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +42,7 @@ from fvcore.nn import FlopCountAnalysis
 import attentive.layers as layers
 from attentive import Arch, Supernet, count_flops, count_flops_batch, load_space
 from attentive.cpu_runtime import tune_cpu_runtime
+from attentive.depthwise import tap_weight_grad
 from attentive.distributed import resolve_device
 
 BATCH = {"tiny": 128, "attentivenas": 8}
@@ -153,7 +159,7 @@ def bench_archs(space, resolution: int | None) -> list[tuple[str, Arch]]:
     return archs
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per arch (the spread is over rounds)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per contender and round (median)")
@@ -170,8 +176,12 @@ def main() -> None:
                         help="also time plain slicing (the full-size gradient backward) in the same rounds")
     parser.add_argument("--default-runtime", action="store_true",
                         help="keep glibc's and oneDNN's defaults instead of the settings train.py applies")
+    parser.add_argument("--tap-weight-grad", action="store_true",
+                        help="let the supernet's depthwise convs take the tap weight gradient where training does "
+                             "(static nets never do); by default both sides run oneDNN's kernels, so the ratio is "
+                             "the slicing's cost alone")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 call, small FLOPs section: a smoke run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.repeats = 2, 1
     if not args.default_runtime:
@@ -195,6 +205,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runtime = "glibc/oneDNN defaults" if args.default_runtime else "train.py's CPU runtime settings"
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, channels_last={args.channels_last}, {runtime}, "
+          f"tap weight gradient {'on' if args.tap_weight_grad else 'off'}, "
           f"{args.rounds} rounds x {args.repeats} calls; ratio = supernet / extracted static net, "
           f"median over rounds (min..max)")
     header = f"{'space':<13}{'arch':<7}{'MFLOPs':>8}{'batch':>6}{'px':>5}  {'zero_grad':<18}{'static ms':>10}"
@@ -205,8 +216,9 @@ def main() -> None:
         supernet = Supernet(space).to(device).train()
         for label, arch in archs[space.name]:
             for set_to_none in (False, True):
-                r = time_arch(supernet, arch, batch, args.rounds, args.repeats, set_to_none, args.reference,
-                              args.channels_last)
+                with tap_weight_grad(args.tap_weight_grad):
+                    r = time_arch(supernet, arch, batch, args.rounds, args.repeats, set_to_none, args.reference,
+                                  args.channels_last)
                 line = (f"{space.name:<13}{label:<7}{count_flops(space, arch):>8.1f}{batch:>6}{arch.resolution:>5}"
                         f"  {f'set_to_none={set_to_none}':<18}{np.median(r['static_ms']):>10.1f}"
                         f"  {spread(r['sliced']):<22}")
