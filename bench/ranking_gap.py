@@ -4,7 +4,8 @@ K >= 8 subnets of different FLOPs (attentive.measure.stratified_archs with --arc
 the rest spread over the FLOPs range) are each trained from scratch with the same recipe and budget: a fresh
 StaticNet.from_arch (init seeded by --seed), SGD with Nesterov momentum, cosine learning rate per step to 0,
 cross-entropy with label smoothing, the same --epochs x --max-steps batches in the same seeded order for every
-arch, no early stopping (the last weights are tested). Their TEST top-1 is compared with:
+arch, no early stopping (the last weights are tested); with --scratch-seeds once per seed, and the mean is the
+target. Their TEST top-1 is compared with:
 
   * inherited top-1: the accuracy of the same arch inside the supernet checkpoint (--checkpoint, a train.py
     last.pt), BN recalibrated on --calib-batches seeded batches of training images, on the test split (the same
@@ -15,6 +16,10 @@ arch, no early stopping (the last weights are tested). Their TEST top-1 is compa
 
 Kendall tau (scipy.stats.kendalltau, tau-b) of each against the from-scratch test top-1. Test accuracy is only
 reported: nothing is chosen by it. Data (dataset, held-out split) comes from the checkpoint's config.
+
+How far the target itself can be trusted: with two or more --scratch-seeds, the Kendall tau between the seeds'
+from-scratch columns (same archs, same recipe, another init and data order) is printed too. Where archs trained
+alone differ by less than their seed noise, no scorer can rank them better than the seeds rank each other.
 
 Outputs in --out: results.json, results.csv (one row per arch), ranking_gap.png (inherited vs from-scratch
 scatter; Kendall tau of every scorer). Each arch's from-scratch result is saved as it finishes (<out>/scratch/),
@@ -30,6 +35,9 @@ so an interrupted run resumes with the next arch.
         --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # + the demo's exports against from scratch
     python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 0 \\
         --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # the exports alone: their gaps, no taus
+    python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2 --num-archs 12 --epochs 4 \
+        --scratch-seeds 0,1 --shard 0/2   # and --shard 1/2 beside it, then once more without --shard: the seeds'
+                                          # agreement, and the taus against their mean
     python bench/ranking_gap.py --quick --out /tmp/exp2_smoke      # synthetic smoke test: numbers mean nothing
 """
 from __future__ import annotations
@@ -81,7 +89,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default torch's own; 1 on a busy shared machine, where 2 threads were "
                         "measured ~50x slower)")
-    p.add_argument("--seed", type=int, default=0, help="init, data order, proxy minibatch and proxy init")
+    p.add_argument("--seed", type=int, default=0,
+                   help="calibration batches, proxy minibatch and init, and the from-scratch init and data order "
+                        "unless --scratch-seeds")
+    p.add_argument("--scratch-seeds", default=None, metavar="S1,S2,...",
+                   help="train every arch from scratch once per seed (init and data order; default: --seed): the "
+                        "target is their mean, and the seeds' agreement with each other is reported")
     p.add_argument("--calib-batches", type=int, default=None,
                    help="BN recalibration batches for inherited accuracy (default: the checkpoint's eval.calib_batches)")
     p.add_argument("--eval-size", type=int, default=None, help="test images (seeded subset; default: all)")
@@ -90,8 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's data.root)")
     p.add_argument("--out", default="runs/exp_ranking_gap", help="output directory")
     p.add_argument("--shard", default=None, metavar="K/N",
-                   help="train from scratch only the archs i with i %% N == K (one process per core or GPU, same "
-                        "--out), then stop; a last run without --shard reuses every saved arch and writes the results")
+                   help="train from scratch only the runs j with j %% N == K, run j being arch j // S with seed "
+                        "j %% S of the S --scratch-seeds (one process per core or GPU, same --out), then stop; a "
+                        "last run without --shard reuses every saved run and writes the results")
     p.add_argument("--inherited-only", action="store_true",
                    help="measure only the inherited top-1 and the proxies of the same archs (no from-scratch "
                         "training, no taus): the supernet changes, the from-scratch column of an earlier run "
@@ -155,6 +169,19 @@ def train_from_scratch(space, arch, data, num_classes: int, *, epochs: int, max_
             "final_loss": last_loss, "train_seconds": train_seconds}
 
 
+def scratch_summary(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One arch's from-scratch columns over its runs (one per seed): the mean test top-1 of the runs that did not
+    diverge (None if all did), each seed's own, their standard deviation (with two or more), the summed time."""
+    done = [r["test_top1"] for r in runs if r["status"] == "done"]
+    statuses = sorted({r["status"] for r in runs})
+    return {"scratch_test_top1": float(np.mean(done)) if done else None,
+            "scratch_status": "done" if statuses == ["done"] else ",".join(statuses),
+            "scratch_train_seconds": sum(r["train_seconds"] for r in runs), "scratch_steps": runs[0]["steps"],
+            **({f"scratch_test_top1_seed{s}": r["test_top1"] if r["status"] == "done" else None
+                for s, r in zip(seeds, runs)} if len(seeds) > 1 else {}),
+            **({"scratch_seed_std": float(np.std(done, ddof=1))} if len(seeds) > 1 and len(done) > 1 else {})}
+
+
 def quick_checkpoint(out: Path, in_process: bool) -> Path:
     run_dir = out / "supernet"
     ckpt = run_dir / "last.pt"
@@ -184,6 +211,11 @@ def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | Non
             sc = ax.scatter([r["inherited_test_top1"] for r in part], [r["scratch_test_top1"] for r in part],
                             c=[r["mflops"] for r in part], cmap="viridis", norm=norm, marker=marker,
                             s=50 if marker == "o" else 150, edgecolors="black", linewidths=0.5)
+    spread = [r for r in ok if r.get("scratch_seed_std") is not None]  # --scratch-seeds: one std either way
+    if spread:
+        ax.errorbar([r["inherited_test_top1"] for r in spread], [r["scratch_test_top1"] for r in spread],
+                    yerr=[r["scratch_seed_std"] for r in spread], fmt="none", ecolor="gray", elinewidth=0.8,
+                    capsize=2, zorder=0)
     for r in ok:
         ax.annotate(str(r["arch_index"]), (r["inherited_test_top1"], r["scratch_test_top1"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
@@ -191,7 +223,7 @@ def plot(path: Path, rows: list[dict], taus: dict[str, dict], warning: str | Non
         fig.colorbar(sc, ax=ax, label="MFLOPs")
     t = taus["inherited_test"]
     ax.set_xlabel("inherited test top-1 (%) (supernet weights, BN recalibrated)")
-    ax.set_ylabel("from-scratch test top-1 (%)")
+    ax.set_ylabel("from-scratch test top-1 (%)" + (" (mean over seeds, bars: std)" if spread else ""))
     ax.set_title(f"{len(ok)} subnets: Kendall tau = {fmt(t['tau'], 3)} over the {t['n']} stratified ones"
                  + (" (stars: --extra-archs)" if len(ok) > t["n"] else ""), fontsize=10)
     ax.grid(alpha=0.3)
@@ -239,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert 0 <= args.shard_index < args.shard_count
         except (ValueError, AssertionError):
             problems.append(f"--shard must be K/N with 0 <= K < N (e.g. 0/2), got {args.shard!r}")
+    try:
+        seeds = [int(v) for v in args.scratch_seeds.split(",")] if args.scratch_seeds is not None else [args.seed]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError
+        args.scratch_seeds = seeds
+    except ValueError:
+        problems.append(f"--scratch-seeds must be distinct integers separated by commas (e.g. 0,1), "
+                        f"got {args.scratch_seeds!r}")
     if args.shard is not None and args.inherited_only:
         problems.append("--shard splits the from-scratch training, which --inherited-only skips: use one of them")
     if problems:
@@ -337,41 +377,46 @@ def _experiment(args: argparse.Namespace) -> int:
     # ---- from scratch, one arch at a time, each result saved as it finishes ----
     recipe = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps, "batch_size": batch_size,
               "lr_per_256": lr, "peak_lr": lr * batch_size / 256, "weight_decay": weight_decay,
-              "label_smoothing": label_smoothing, "seed": args.seed, "momentum": 0.9, "nesterov": True,
+              "label_smoothing": label_smoothing, "momentum": 0.9, "nesterov": True,
               "schedule": "cosine per step to 0, no warm-up", "augment": d["augment"],
               "data": {k: d[k] for k in ("name", "holdout_fraction", "split_seed", "synthetic_num_train",
                                          "synthetic_num_test")},
               "eval_size": len(test), "device": device.type}
-    scratch = []
-    with tqdm(total=len(archs), desc="from scratch", unit="arch", dynamic_ncols=True) as bar:
-        for i, arch in enumerate(archs):
-            key = hashlib.sha256(json.dumps({"arch": arch.to_dict(), "recipe": recipe}, sort_keys=True)
+    seeds = args.scratch_seeds
+    scratch: list[list[dict]] = [[] for _ in archs]  # per arch, one result per seed
+    with tqdm(total=len(archs) * len(seeds), desc="from scratch", unit="run", dynamic_ncols=True) as bar:
+        for j in range(len(archs) * len(seeds)):
+            i, seed = j // len(seeds), seeds[j % len(seeds)]
+            # the seed inside the hashed recipe: a single-seed run's saved results stay valid for --scratch-seeds
+            seeded = {**recipe, "seed": seed}
+            key = hashlib.sha256(json.dumps({"arch": archs[i].to_dict(), "recipe": seeded}, sort_keys=True)
                                  .encode()).hexdigest()[:16]
             path = out / "scratch" / f"arch_{i:02d}_{key}.json"
             res = read_json(path)
-            if res is None and args.shard_count is not None and i % args.shard_count != args.shard_index:
-                bar.update(1)  # another shard's arch
+            if res is None and args.shard_count is not None and j % args.shard_count != args.shard_index:
+                bar.update(1)  # another shard's run
                 continue
             if res is None:
-                bar.set_postfix_str(f"arch {i}: {mflops[i]:.2f} MFLOPs")
-                res = train_from_scratch(space, arch, data, num_classes, epochs=args.epochs, max_steps=args.max_steps,
-                                         batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                         label_smoothing=label_smoothing, seed=args.seed, device=device,
-                                         channels_last=channels_last, test_loader=test_loader)
-                write_json_atomic(path, {**res, "arch": arch.to_dict(), "recipe": recipe})
+                bar.set_postfix_str(f"arch {i}: {mflops[i]:.2f} MFLOPs, seed {seed}")
+                res = train_from_scratch(space, archs[i], data, num_classes, epochs=args.epochs,
+                                         max_steps=args.max_steps, batch_size=batch_size, lr=lr,
+                                         weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
+                                         device=device, channels_last=channels_last, test_loader=test_loader)
+                write_json_atomic(path, {**res, "arch": archs[i].to_dict(), "recipe": seeded})
             if res["status"] != "done":
-                tqdm.write(f"arch {i} diverged (loss {res['final_loss']}); left out of the taus", file=sys.stderr)
-            scratch.append(res)
+                tqdm.write(f"arch {i} seed {seed} diverged (loss {res['final_loss']}); left out of its mean",
+                           file=sys.stderr)
+            scratch[i].append(res)
             bar.update(1)
     if args.shard_count is not None:
-        print(f"shard {args.shard} done: {len(scratch)} of {len(archs)} archs trained from scratch so far in "
+        done = sum(len(runs) for runs in scratch)
+        print(f"shard {args.shard} done: {done} of {len(archs) * len(seeds)} from-scratch runs saved so far in "
               f"{out / 'scratch'}; run again without --shard to write the results once every shard is done")
         return 0
 
     # arch_index and mflops named first only to keep the CSV's column order: the scratch columns come next
-    rows = [{"arch_index": m["arch_index"], "mflops": m["mflops"], "scratch_test_top1": res["test_top1"],
-             "scratch_status": res["status"], "scratch_train_seconds": res["train_seconds"],
-             "scratch_steps": res["steps"], **m} for m, res in zip(measured, scratch)]
+    rows = [{"arch_index": m["arch_index"], "mflops": m["mflops"], **scratch_summary(runs, seeds), **m}
+            for m, runs in zip(measured, scratch)]
     for r in rows:
         r["gap"] = None if r["scratch_test_top1"] is None else r["scratch_test_top1"] - r["inherited_test_top1"]
     k = args.num_archs  # the taus rank the stratified archs only
@@ -380,10 +425,15 @@ def _experiment(args: argparse.Namespace) -> int:
             "inherited_holdout": kendall_tau(inherited_holdout[:k], target),
             **{p: kendall_tau(proxy_scores[p][:k], target) for p in PROXIES},
             "mflops": kendall_tau(mflops[:k], target)}
+    by_seed = {s: [np.nan if r.get(f"scratch_test_top1_seed{s}") is None else r[f"scratch_test_top1_seed{s}"]
+                   for r in rows[:k]] for s in seeds}  # the per-seed columns exist with two or more seeds only
+    agreement = {f"{a}_vs_{b}": kendall_tau(by_seed[a], by_seed[b])
+                 for n, a in enumerate(seeds) for b in seeds[n + 1:]}
     report = {
         **header,
-        "scratch_recipe": recipe,
+        "scratch_recipe": {**recipe, "seeds": seeds},
         "kendall_tau_vs_scratch_test_top1": taus,
+        "kendall_tau_between_scratch_seeds": agreement,
         "note": "test accuracies are reported only; nothing is chosen by them",
         "rows": rows,
     }
@@ -401,6 +451,11 @@ def _experiment(args: argparse.Namespace) -> int:
         print(f"\nKendall tau vs from-scratch test top-1 ({k} stratified archs):")
         for name, t in taus.items():
             print(f"  {name:<18} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
+        if agreement:
+            print(f"from scratch, seed against seed (the same archs and recipe; no scorer ranks them better than "
+                  f"the seeds rank each other):")
+            for name, t in agreement.items():
+                print(f"  seeds {name:<12} tau {fmt(t['tau'], 3):>6}  (p {fmt(t['p_value'], 3)}, n {t['n']})")
     if warning:
         print("\n" + warning)
     print(f"\nwrote {out / 'results.json'}, results.csv, ranking_gap.png")

@@ -4,6 +4,7 @@ ranges. The numbers themselves mean nothing (synthetic data, a few steps)."""
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -154,6 +155,32 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     assert {k: only_extra["rows"][0][k] for k in ("arch", "scratch_test_top1", "inherited_test_top1", "gap")} == \
         {k: added[k] for k in ("arch", "scratch_test_top1", "inherited_test_top1", "gap")}
     assert all(t["n"] == 0 and t["tau"] is None for t in only_extra["kendall_tau_vs_scratch_test_top1"].values())
+
+    # --scratch-seeds 0,1 in the same --out: seed 0's runs are the saved ones (the single-seed run used --seed 0),
+    # only seed 1's are trained; the target is the mean of the two and the seeds' agreement is reported
+    assert exp2.main([*common, "--scratch-seeds", "0,1"]) == 0
+    assert len(list((out / "scratch").glob("arch_*.json"))) == 9 + 8
+    two = json.loads((out / "results.json").read_text())
+    assert two["scratch_recipe"]["seeds"] == [0, 1] and two["num_archs"] == 8
+    for one, r in zip(rows, two["rows"]):
+        assert r["arch"] == one["arch"] and r["scratch_test_top1_seed0"] == one["scratch_test_top1"]
+        assert 0 <= r["scratch_test_top1_seed1"] <= 100
+        assert r["scratch_test_top1"] == pytest.approx((r["scratch_test_top1_seed0"] + r["scratch_test_top1_seed1"]) / 2)
+        assert r["scratch_seed_std"] == pytest.approx(abs(r["scratch_test_top1_seed0"] - r["scratch_test_top1_seed1"])
+                                                      / math.sqrt(2))
+        assert r["scratch_steps"] == 2 and r["scratch_status"] == "done"
+    from scipy.stats import kendalltau
+    seeds_tau = two["kendall_tau_between_scratch_seeds"]
+    assert list(seeds_tau) == ["0_vs_1"] and seeds_tau["0_vs_1"]["n"] == 8
+    expected = kendalltau([r["scratch_test_top1_seed0"] for r in two["rows"]],
+                          [r["scratch_test_top1_seed1"] for r in two["rows"]]).statistic
+    assert seeds_tau["0_vs_1"]["tau"] == (None if math.isnan(expected) else pytest.approx(expected))
+    expected = kendalltau([r["inherited_test_top1"] for r in two["rows"]],
+                          [r["scratch_test_top1"] for r in two["rows"]]).statistic
+    assert two["kendall_tau_vs_scratch_test_top1"]["inherited_test"]["tau"] == \
+        (None if math.isnan(expected) else pytest.approx(expected))
+    assert "seed against seed" in capsys.readouterr().out
+
     bad = tmp_path / "not_an_arch.json"
     bad.write_text(json.dumps({"resolution": 999}))
     assert exp2.main([*common, "--extra-archs", str(bad)]) == 2
@@ -184,6 +211,10 @@ def test_usage_errors(capsys):
     err = capsys.readouterr().err
     assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err and "--inherited-only skips" in err
     assert "--extra-archs: file not found: no/such/arch.json" in err
+    for seeds in ("0,x", "1,1", ""):
+        assert exp2.main(["--quick", "--scratch-seeds", seeds]) == 2
+        assert f"--scratch-seeds must be distinct integers separated by commas (e.g. 0,1), got {seeds!r}" in \
+            capsys.readouterr().err
 
 
 def test_sampler_pool_coverage_counts_every_draw_once():
@@ -278,3 +309,26 @@ def test_depthwise_grad_bench_refuses_bad_counts(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         depthwise_grad.main([flag, value])
     assert exc.value.code == 2 and f"{flag} must be at least" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("taps", [False, True])
+def test_supernet_speed_bench_leaves_the_tap_gradient_to_its_flag(taps, monkeypatch, capsys):
+    """bench/supernet_speed.py compares slicing with a static twin that never takes the depthwise tap gradient, so
+    by default the supernet does not take it either (the ratio would otherwise mix that speed-up into the
+    slicing's cost); --tap-weight-grad times the supernet as training runs it. The tiny space's largest net has
+    5x5 kernels on 4x4 maps, where training takes the taps."""
+    import supernet_speed
+    import torch
+
+    import attentive.depthwise as depthwise
+
+    calls = []
+    real = depthwise.tap_weight_grad_of
+    monkeypatch.setattr(depthwise, "tap_weight_grad_of", lambda *a: calls.append(1) or real(*a))
+    # In process, so the threads and the process-wide allocator settings stay the suite's own
+    supernet_speed.main(["--quick", "--spaces", "tiny", "--archs", "max", "--batch", "4", "--default-runtime",
+                         "--threads", str(torch.get_num_threads())] + (["--tap-weight-grad"] if taps else []))
+    out = capsys.readouterr().out
+    assert f"tap weight gradient {'on' if taps else 'off'}" in out
+    assert len(re.findall(r"^tiny +max .* set_to_none=(?:False|True) +[\d.]+ +[\d.]+ \(", out, flags=re.M)) == 2
+    assert (len(calls) > 0) == taps
