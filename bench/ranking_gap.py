@@ -441,11 +441,13 @@ def _experiment(args: argparse.Namespace) -> int:
     write_csv_atomic(out / "results.csv", rows)
     plot(out / "ranking_gap.png", rows, taus, warning)
 
-    print(f"\n{'#':>2} {'MFLOPs':>7} {'scratch':>8} {'inh.test':>8} {'gap':>6} {'inh.hold':>8} "
-          + " ".join(f"{p:>10}" for p in PROXIES) + "  source")
+    per_seed = [f"seed{s}" for s in seeds] if len(seeds) > 1 else []  # each seed's own from-scratch top-1
+    print(f"\n{'#':>2} {'MFLOPs':>7} {'scratch':>8} " + "".join(f"{name:>8} " for name in per_seed)
+          + f"{'inh.test':>8} {'gap':>6} {'inh.hold':>8} " + " ".join(f"{p:>10}" for p in PROXIES) + "  source")
     for r in rows:
         print(f"{r['arch_index']:>2} {r['mflops']:>7.2f} {fmt(r['scratch_test_top1']):>8} "
-              f"{fmt(r['inherited_test_top1']):>8} {fmt(r['gap']):>6} {fmt(r['inherited_holdout_top1']):>8} "
+              + "".join(f"{fmt(r.get('scratch_test_top1_' + name)):>8} " for name in per_seed)
+              + f"{fmt(r['inherited_test_top1']):>8} {fmt(r['gap']):>6} {fmt(r['inherited_holdout_top1']):>8} "
               + " ".join(f"{r[p]:>10.3g}" for p in PROXIES) + f"  {r['source']}")
     if k:  # no taus for --num-archs 0: only the extra archs' gaps
         print(f"\nKendall tau vs from-scratch test top-1 ({k} stratified archs):")

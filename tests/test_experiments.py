@@ -179,7 +179,9 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
                           [r["scratch_test_top1"] for r in two["rows"]]).statistic
     assert two["kendall_tau_vs_scratch_test_top1"]["inherited_test"]["tau"] == \
         (None if math.isnan(expected) else pytest.approx(expected))
-    assert "seed against seed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "seed against seed" in printed
+    assert re.search(r"^ #\s+MFLOPs\s+scratch\s+seed0\s+seed1\s+inh\.test", printed, flags=re.M)
 
     bad = tmp_path / "not_an_arch.json"
     bad.write_text(json.dumps({"resolution": 999}))
