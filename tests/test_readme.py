@@ -45,7 +45,7 @@ def test_readme_opens_with_the_two_commands():
 def test_every_command_has_a_known_entry_point():
     known = {("make", "demo"), ("make", "test"), ("make", "bench"), ("python", "train.py"), ("torchrun",),
              ("python", "search.py"), ("python", "-m", "predictors.retrain"), ("python", "bench/probe.py"),
-             ("python", "-m", "predictors.latency")}
+             ("python", "bench/ranking_gap.py"), ("python", "-m", "predictors.latency")}
     for cmd in COMMANDS:
         assert any(tuple(cmd[:len(k)]) == k for k in known), f"README command with no test: {' '.join(cmd)}"
     # the three user jobs are all shown, distributed launches included
@@ -94,6 +94,18 @@ def test_probe_commands_parse(cmd):
 
     args = probe.get_args_parser().parse_args(_args_after(cmd, "bench/probe.py"))
     assert args.checkpoint
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c[:2] == ["python", "bench/ranking_gap.py"]],
+                         ids=lambda c: " ".join(c[2:6]))
+def test_ranking_gap_commands_parse(cmd):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ranking_gap
+
+    args = ranking_gap.get_args_parser().parse_args(_args_after(cmd, "bench/ranking_gap.py"))
+    assert args.checkpoint and args.num_archs >= 8
+    seeds = [int(v) for v in (args.scratch_seeds or str(args.seed)).split(",")]
+    assert len(set(seeds)) == len(seeds)
 
 
 def test_python_api_block_runs_as_written():
