@@ -35,7 +35,7 @@ so an interrupted run resumes with the next arch.
         --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # + the demo's exports against from scratch
     python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 0 \\
         --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # the exports alone: their gaps, no taus
-    python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2 --num-archs 12 --epochs 4 \
+    python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2 --num-archs 12 --epochs 4 \\
         --scratch-seeds 0,1 --shard 0/2   # and --shard 1/2 beside it, then once more without --shard: the seeds'
                                           # agreement, and the taus against their mean
     python bench/ranking_gap.py --quick --out /tmp/exp2_smoke      # synthetic smoke test: numbers mean nothing
