@@ -425,8 +425,8 @@ def _experiment(args: argparse.Namespace) -> int:
             "inherited_holdout": kendall_tau(inherited_holdout[:k], target),
             **{p: kendall_tau(proxy_scores[p][:k], target) for p in PROXIES},
             "mflops": kendall_tau(mflops[:k], target)}
-    by_seed = {s: [np.nan if r.get(f"scratch_test_top1_seed{s}") is None else r[f"scratch_test_top1_seed{s}"]
-                   for r in rows[:k]] for s in seeds}  # the per-seed columns exist with two or more seeds only
+    by_seed = {s: [runs[n]["test_top1"] if runs[n]["status"] == "done" else np.nan for runs in scratch[:k]]
+               for n, s in enumerate(seeds)}  # each arch's runs are in --scratch-seeds order
     agreement = {f"{a}_vs_{b}": kendall_tau(by_seed[a], by_seed[b])
                  for n, a in enumerate(seeds) for b in seeds[n + 1:]}
     report = {
