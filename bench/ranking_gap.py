@@ -22,15 +22,19 @@ from-scratch columns (same archs, same recipe, another init and data order) is p
 alone differ by less than their seed noise, no scorer can rank them better than the seeds rank each other.
 
 Outputs in --out: results.json, results.csv (one row per arch), ranking_gap.png (inherited vs from-scratch
-scatter; Kendall tau of every scorer). Each arch's from-scratch result is saved as it finishes (<out>/scratch/),
-so an interrupted run resumes with the next arch.
+scatter; Kendall tau of every scorer). Each arch's from-scratch result is saved as it finishes (<out>/scratch/,
+or --scratch-dir), named by a hash of the arch and the recipe (seed included), so an interrupted run resumes with
+the next arch, and any run that points --scratch-dir at the same directory reuses what it finds there: a new
+supernet is scored against an earlier run's from-scratch column (taus included) without training anything.
 
     CKPT=runs/exp_attentive_vs_uniform/runs/bestup_predictor_seed0/last.pt     # any train.py last.pt
     python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp_ranking_gap           # 5 epochs per arch
     python bench/ranking_gap.py --checkpoint $CKPT --out runs/exp2_small --threads 1 --epochs 1 --max-steps 80 \\
         --eval-size 2000 --holdout-size 1000 --calib-batches 4                          # ~10 min on 2 busy cores
     python bench/ranking_gap.py --checkpoint runs/demo/train/last.pt --out runs/exp2_inherited --num-archs 12 \\
-        --inherited-only --calib-batches 8      # a new supernet against the from-scratch column of an earlier run
+        --inherited-only --calib-batches 8      # inherited top-1 and proxies only: no training, no taus
+    python bench/ranking_gap.py --checkpoint runs/new/last.pt --out runs/exp2_new --num-archs 12 --epochs 4 \\
+        --calib-batches 8 --scratch-dir runs/exp2/scratch   # a new supernet against exp2's from-scratch column
     python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 12 \\
         --epochs 4 --extra-archs demo_out/search/subnet_*/arch.json   # + the demo's exports against from scratch
     python bench/ranking_gap.py --checkpoint demo_out/train/last.pt --out runs/exp2_exports --num-archs 0 \\
@@ -102,10 +106,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-batch", type=int, default=None, help="minibatch for the proxies (default 64; --quick 8)")
     p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's data.root)")
     p.add_argument("--out", default="runs/exp_ranking_gap", help="output directory")
+    p.add_argument("--scratch-dir", default=None, metavar="DIR",
+                   help="where from-scratch results are saved and looked up (default: <out>/scratch); runs that "
+                        "share it train each (arch, recipe, seed) once, whatever their --out and arch order")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="train from scratch only the runs j with j %% N == K, run j being arch j // S with seed "
-                        "j %% S of the S --scratch-seeds (one process per core or GPU, same --out), then stop; a "
-                        "last run without --shard reuses every saved run and writes the results")
+                        "j %% S of the S --scratch-seeds (one process per core or GPU, same --out or --scratch-dir), "
+                        "then stop; a last run without --shard reuses every saved run and writes the results")
     p.add_argument("--inherited-only", action="store_true",
                    help="measure only the inherited top-1 and the proxies of the same archs (no from-scratch "
                         "training, no taus): the supernet changes, the from-scratch column of an earlier run "
@@ -281,6 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"got {args.scratch_seeds!r}")
     if args.shard is not None and args.inherited_only:
         problems.append("--shard splits the from-scratch training, which --inherited-only skips: use one of them")
+    if args.scratch_dir is not None:
+        if args.inherited_only:
+            problems.append("--scratch-dir holds from-scratch results, which --inherited-only neither reads nor "
+                            "writes: use one of them")
+        elif not Path(args.scratch_dir).is_dir():
+            # a mistyped directory would otherwise retrain every arch (hours) without a word
+            problems.append(f"--scratch-dir: directory not found: {args.scratch_dir} (create it to start a new "
+                            f"shared one)")
     if problems:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
@@ -311,6 +326,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from predictors.proxies import random_minibatch, score_archs
 
     out = Path(args.out)
+    scratch_dir = Path(args.scratch_dir) if args.scratch_dir is not None else out / "scratch"
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(args.checkpoint) if args.checkpoint else quick_checkpoint(out, args.in_process)
     device = resolve_device("auto")
@@ -391,7 +407,9 @@ def _experiment(args: argparse.Namespace) -> int:
             seeded = {**recipe, "seed": seed}
             key = hashlib.sha256(json.dumps({"arch": archs[i].to_dict(), "recipe": seeded}, sort_keys=True)
                                  .encode()).hexdigest()[:16]
-            path = out / "scratch" / f"arch_{i:02d}_{key}.json"
+            # looked up by the hash alone: the same arch saved under another index (another run's order) counts
+            saved = sorted(scratch_dir.glob(f"arch_*_{key}.json"))
+            path = saved[0] if saved else scratch_dir / f"arch_{i:02d}_{key}.json"
             res = read_json(path)
             if res is None and args.shard_count is not None and j % args.shard_count != args.shard_index:
                 bar.update(1)  # another shard's run
@@ -411,7 +429,7 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.shard_count is not None:
         done = sum(len(runs) for runs in scratch)
         print(f"shard {args.shard} done: {done} of {len(archs) * len(seeds)} from-scratch runs saved so far in "
-              f"{out / 'scratch'}; run again without --shard to write the results once every shard is done")
+              f"{scratch_dir}; run again without --shard to write the results once every shard is done")
         return 0
 
     # arch_index and mflops named first only to keep the CSV's column order: the scratch columns come next
@@ -432,6 +450,7 @@ def _experiment(args: argparse.Namespace) -> int:
     report = {
         **header,
         "scratch_recipe": {**recipe, "seeds": seeds},
+        "scratch_dir": str(scratch_dir),
         "kendall_tau_vs_scratch_test_top1": taus,
         "kendall_tau_between_scratch_seeds": agreement,
         "note": "test accuracies are reported only; nothing is chosen by them",

@@ -133,8 +133,8 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     assert len(list((out / "scratch").glob("arch_*.json"))) == 8  # per-arch results saved for resume
 
     # --extra-archs (e.g. a search's exports): measured after the stratified archs, which keep their saved results,
-    # rows and taus; the extra arch is stratified arch 2 again (as a pareto.json row), so the same recipe and seed
-    # must give it arch 2's numbers, and its gap is from-scratch minus inherited
+    # rows and taus; the extra arch is stratified arch 2 again (as a pareto.json row): its saved result is found by
+    # the arch's hash and reused, so it gets arch 2's numbers, and its gap is from-scratch minus inherited
     extra = tmp_path / "pareto_row.json"
     extra.write_text(json.dumps({"mflops": rows[2]["mflops"], "arch": rows[2]["arch"]}))
     assert exp2.main([*common, "--extra-archs", str(extra)]) == 0
@@ -146,8 +146,8 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     for k in ("mflops", "scratch_test_top1", "inherited_test_top1", "inherited_holdout_top1"):
         assert added[k] == rows[2][k], k
     assert added["gap"] == pytest.approx(added["scratch_test_top1"] - added["inherited_test_top1"])
-    assert len(list((out / "scratch").glob("arch_*.json"))) == 9  # only the extra arch was trained
-    # --num-archs 0: the extra arch alone, the same numbers again, no taus
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")} == saved  # none trained
+    # --num-archs 0 in a new --out: the extra arch alone, trained again there, the same numbers again, no taus
     alone = tmp_path / "exp2_alone"
     assert exp2.main([*common[:-1], str(alone), "--num-archs", "0", "--extra-archs", str(extra)]) == 0
     only_extra = json.loads((alone / "results.json").read_text())
@@ -159,7 +159,7 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     # --scratch-seeds 0,1 in the same --out: seed 0's runs are the saved ones (the single-seed run used --seed 0),
     # only seed 1's are trained; the target is the mean of the two and the seeds' agreement is reported
     assert exp2.main([*common, "--scratch-seeds", "0,1"]) == 0
-    assert len(list((out / "scratch").glob("arch_*.json"))) == 9 + 8
+    assert len(list((out / "scratch").glob("arch_*.json"))) == 8 + 8
     two = json.loads((out / "results.json").read_text())
     assert two["scratch_recipe"]["seeds"] == [0, 1] and two["num_archs"] == 8
     for one, r in zip(rows, two["rows"]):
@@ -182,6 +182,18 @@ def test_ranking_gap_quick(exp1_out, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "seed against seed" in printed
     assert re.search(r"^ #\s+MFLOPs\s+scratch\s+seed0\s+seed1\s+inh\.test", printed, flags=re.M)
+
+    # --scratch-dir: another --out scored against this run's from-scratch column (both seeds) trains nothing and
+    # gives the same rows and taus; its own --out gets no scratch/ directory
+    shared = tmp_path / "exp2_shared"
+    saved = {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")}
+    assert exp2.main([*common[:-1], str(shared), "--scratch-seeds", "0,1", "--scratch-dir", str(out / "scratch")]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "scratch").glob("arch_*.json")} == saved
+    assert not (shared / "scratch").exists()
+    again = json.loads((shared / "results.json").read_text())
+    assert again["rows"] == two["rows"] and again["scratch_dir"] == str(out / "scratch")
+    assert again["kendall_tau_vs_scratch_test_top1"] == two["kendall_tau_vs_scratch_test_top1"]
+    capsys.readouterr()
 
     bad = tmp_path / "not_an_arch.json"
     bad.write_text(json.dumps({"resolution": 999}))
@@ -210,7 +222,11 @@ def test_usage_errors(capsys):
     assert exp2.main(["--quick", "--shard", "2/2"]) == 2
     assert exp2.main(["--quick", "--shard", "0/2", "--inherited-only"]) == 2
     assert exp2.main(["--quick", "--extra-archs", "no/such/arch.json"]) == 2
+    assert exp2.main(["--quick", "--scratch-dir", "no/such/dir"]) == 2
+    assert exp2.main(["--quick", "--scratch-dir", ".", "--inherited-only"]) == 2
     err = capsys.readouterr().err
+    assert "--scratch-dir: directory not found: no/such/dir" in err
+    assert "--scratch-dir holds from-scratch results, which --inherited-only neither reads nor writes" in err
     assert "nope" in err and "seed" in err and "--checkpoint" in err and "--shard must be K/N" in err and "--inherited-only skips" in err
     assert "--extra-archs: file not found: no/such/arch.json" in err
     for seeds in ("0,x", "1,1", ""):
