@@ -189,6 +189,14 @@ def scratch_summary(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, A
             **({"scratch_seed_std": float(np.std(done, ddof=1))} if len(seeds) > 1 and len(done) > 1 else {})}
 
 
+def scratch_seed_list(value: str | None, default: int) -> list[int]:
+    """--scratch-seeds as a list (`[default]`, --seed, when not given); ValueError unless distinct integers."""
+    seeds = [int(v) for v in value.split(",")] if value is not None else [default]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"repeated seed in {value!r}")
+    return seeds
+
+
 def quick_checkpoint(out: Path, in_process: bool) -> Path:
     run_dir = out / "supernet"
     ckpt = run_dir / "last.pt"
@@ -279,10 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, AssertionError):
             problems.append(f"--shard must be K/N with 0 <= K < N (e.g. 0/2), got {args.shard!r}")
     try:
-        seeds = [int(v) for v in args.scratch_seeds.split(",")] if args.scratch_seeds is not None else [args.seed]
-        if len(set(seeds)) != len(seeds):
-            raise ValueError
-        args.scratch_seeds = seeds
+        args.scratch_seeds = scratch_seed_list(args.scratch_seeds, args.seed)
     except ValueError:
         problems.append(f"--scratch-seeds must be distinct integers separated by commas (e.g. 0,1), "
                         f"got {args.scratch_seeds!r}")

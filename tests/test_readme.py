@@ -104,8 +104,7 @@ def test_ranking_gap_commands_parse(cmd):
 
     args = ranking_gap.get_args_parser().parse_args(_args_after(cmd, "bench/ranking_gap.py"))
     assert args.checkpoint and args.num_archs >= 8
-    seeds = [int(v) for v in (args.scratch_seeds or str(args.seed)).split(",")]
-    assert len(set(seeds)) == len(seeds)
+    assert ranking_gap.scratch_seed_list(args.scratch_seeds, args.seed)  # raises unless distinct integers
 
 
 def test_python_api_block_runs_as_written():
