@@ -25,12 +25,9 @@ for another space, or one measured with another version of the runtime than the 
 """
 from __future__ import annotations
 
-import datetime
 import io
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +39,7 @@ import scipy.optimize
 import torch
 import torch.nn as nn
 
+from .environment import describe_environment
 from .fileio import BadFileError, check_format, read_json_file, write_json_atomic
 from .layers import act_layer
 from .space import Arch, SearchSpace
@@ -352,32 +350,6 @@ def table_keys(space: SearchSpace, num_classes: int | None = None) -> list[str]:
 # the table
 
 
-def device_description(device: str, threads: int) -> dict[str, Any]:
-    """What the numbers were measured on: CPU model, threads, GPU, library versions, date."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    meta: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
-                            "platform": platform.platform(), "python": sys.version.split()[0],
-                            "torch": torch.__version__,
-                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        import onnxruntime
-
-        meta["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        meta["onnxruntime"] = None
-    if device == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name()
-        meta["cuda"] = torch.version.cuda
-    return meta
-
-
 class LatencyTable:
     """A measured latency table for one (space, runtime, device, batch, threads); predicts milliseconds."""
 
@@ -549,7 +521,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     settings = _settings(space, runtime, device, batch, threads, warmup, repeats, num_classes, calibration_archs)
     parts = _Layout(space, num_classes).parts()
 
-    data = dict(settings, space=space.to_dict(), meta=device_description(device, threads), complete=False,
+    data = dict(settings, space=space.to_dict(), meta=describe_environment(device, threads), complete=False,
                 scale=None, per_part_ms=None, entries={}, calibration=[])
     if out_path.exists():
         old = read_json_file(out_path, "latency table")
@@ -681,7 +653,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, num_archs: int, seed
                "table": str(table.path) if table.path else None}
     json_path, plot_path = out_dir / "latency_validation.json", out_dir / "latency_validation.png"
     summary.update(json=str(json_path), plot=str(plot_path))
-    write_json_atomic(json_path, {"summary": summary, "meta": device_description(table.device, table.threads),
+    write_json_atomic(json_path, {"summary": summary, "meta": describe_environment(table.device, table.threads),
                                   "rows": rows})
     _plot(predicted, measured, summary, plot_path)
     return summary

@@ -30,6 +30,7 @@ from .checkpoint import LAST_NAME
 from .config import ELASTIC_FIELDS, save_config
 from .data import build_loader, calibration_batches, datasets_from_config, set_loader_epoch
 from .distributed import DistEnv, all_gather_json, all_reduce_mean, all_reduce_sum, broadcast_json, broadcast_module
+from .environment import ENVIRONMENT_NAME, describe_environment, record_start
 from .evaluate import amp_autocast, evaluate_arch
 from .fileio import write_json_atomic, write_text_atomic
 from .flops import count_flops, count_flops_batch
@@ -463,13 +464,21 @@ class Trainer:
             self.metrics.log(kind, self.global_step, **values)
 
     def setup(self) -> None:
-        """Resume if asked (else refuse to overwrite a run), save the resolved config, open the logs. Raises
-        BadFileError (CheckpointMismatchError among them) naming the checkpoint that cannot be resumed."""
+        """Resume if asked (else refuse to overwrite a run), save the resolved config, record the machine and
+        library versions (`attentive.environment`: a warning names what changed since the previous start), open
+        the logs. Raises BadFileError (CheckpointMismatchError among them) naming the checkpoint that cannot be
+        resumed."""
         found = find_resume(self.cfg["resume"], self.run_dir, self.env, self.check_checkpoint)
         if found is not None:
             self.resume_from(*found)
+        per_rank = all_gather_json(describe_environment(self.device.type), self.env)
         if self.env.is_main:
             save_config(self.cfg, self.run_dir / "config.yaml")
+            changes = record_start(self.run_dir, per_rank, self.global_step, resumed=found is not None)
+            if changes:
+                self.log.warning("resumed at step %d on another machine or software than the run's previous start "
+                                 "(%s): from here the run will not repeat it bit for bit; %s",
+                                 self.global_step, self.run_dir / ENVIRONMENT_NAME, "; ".join(changes))
         self.metrics = MetricsLogger(self.run_dir, self.env.is_main, self.cfg["log"]["tensorboard"],
                                      resume_step=self.global_step if found is not None else None)
 

@@ -87,3 +87,5 @@ def test_torchrun_two_processes(tmp_path):
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["world_size"] == WORLD and ckpt["predictor"] is not None  # fitted after epoch 1, on both ranks
     assert proc.stderr.count("training tiny supernet") == 1  # only rank 0 logs
+    start, = json.loads((out / "environment.json").read_text())["starts"]  # every rank's machine, one entry each
+    assert start["world_size"] == WORLD and [m["ranks"] for m in start["machines"]] == [list(range(WORLD))]

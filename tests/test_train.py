@@ -24,6 +24,7 @@ from attentive.checkpoint import load_supernet
 from attentive import load_space
 from attentive.config import ConfigError, load_config
 from attentive.data import build_datasets, calibration_batches, datasets_from_config, set_loader_epoch
+from attentive.environment import describe_environment
 from attentive.evaluate import evaluate_arch
 from attentive.fileio import BadFileError
 from attentive.train_state import CheckpointMismatchError
@@ -315,7 +316,10 @@ def test_predictor_schedule(tmp_path):
 # ---- whole runs -------------------------------------------------------------------------------------------
 def test_run_writes_checkpoints_logs_and_report(finished_run):
     files = {p.name for p in finished_run.iterdir()}
-    assert {"config.yaml", "last.pt", "metrics.jsonl", "final.json", "train.log", "tb", "predictor"} <= files
+    assert {"config.yaml", "last.pt", "metrics.jsonl", "final.json", "train.log", "tb", "predictor",
+            "environment.json"} <= files
+    starts = json.loads((finished_run / "environment.json").read_text())["starts"]
+    assert len(starts) == 1 and starts[0]["step"] == 0 and starts[0]["machines"][0]["threads"] == 1  # OMP_NUM_THREADS
     assert sorted(p.name for p in finished_run.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0003.pt"]  # keep: 2
     report = json.loads((finished_run / "final.json").read_text())
     assert report["epochs"] == 3 and report["steps"] == 12
@@ -350,7 +354,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(finished_run, tmp_p
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (9, 2, 1)
     proc = _run_cli(out, "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr
+    assert "resumed from" in proc.stderr and "will not repeat" not in proc.stderr  # same machine
+    assert [s["step"] for s in json.loads((out / "environment.json").read_text())["starts"]] == [0, 9]
     a = torch.load(finished_run / "last.pt", weights_only=True)
     b = torch.load(out / "last.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
@@ -375,6 +380,21 @@ def test_resume_auto_skips_truncated_checkpoint(finished_run, tmp_path):
         t.setup()
     assert (t.epoch, t.batch_in_epoch, t.global_step) == (2, 0, 8)
     t.metrics.close()
+
+
+def test_resume_on_another_machine_warns_naming_what_changed(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "environment.json").read_text())
+    record["starts"][0]["machines"][0].update(cpu="another CPU", threads=64)
+    (run / "environment.json").write_text(json.dumps(record))
+    t = Trainer(_cfg(run, "resume=auto"))
+    t.setup()
+    t.metrics.close()
+    log = (run / "train.log").read_text()
+    assert "resumed at step 12 on another machine or software" in log and "will not repeat it bit for bit" in log
+    assert f"cpu: another CPU -> {describe_environment()['cpu']}" in log and "threads: 64 -> 1" in log
+    assert len(json.loads((run / "environment.json").read_text())["starts"]) == 2
 
 
 def test_truncated_resume_file_exits_2_naming_it(finished_run, tmp_path, capsys):
