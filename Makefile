@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test demo bench fashion-mnist
 
-$(STAMP): setup.py
+CONSTRAINTS := configs/pip-constraints.txt
+
+$(STAMP): setup.py $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: this pair lies on the local disk of our machines (others download gigabytes)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	# every other package at the version the tests and figures were run with (README, Reproducibility)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
