@@ -7,7 +7,8 @@ An export directory holds:
 * ``arch.json`` -- the arch in the AttentiveNAS dict layout (feed it back to ``search.py --export-arch``);
 * ``space.json`` -- the search space as a dict, so that `load_subnet` needs no YAML lookup;
 * ``metrics.json`` -- analytic and fvcore MFLOPs, params, held-out and test top-1 measured on the exported model
-  itself, the budget, space name and hash, the ONNX check;
+  itself, the budget, space name and hash, the ONNX check, the machine and library versions measured on
+  (`attentive.environment`);
 * ``flops_table.txt`` -- fvcore's per-layer FLOPs table;
 * ``model.onnx`` -- the same net in ONNX (input: images at the arch resolution, dynamic batch), its logits
   checked against PyTorch with onnxruntime (max abs difference <= 1e-4) when onnxruntime is installed.
@@ -30,6 +31,7 @@ import torch.nn as nn
 
 from .calibration import calibrate_bn
 from .checkpoint import check_state_dict
+from .environment import describe_environment
 from .fileio import (BadFileError, atomic_directory, check_format, check_output_dir, load_torch_file, read_json_file,
                      write_json_atomic, write_text_atomic)
 from .evaluate import accuracy
@@ -175,6 +177,7 @@ def export_subnet(
         "holdout_top1": None if holdout_loader is None else accuracy(net, holdout_loader, device, channels_last),
         "test_top1": None if test_loader is None else accuracy(net, test_loader, device, channels_last),
         "torch_version": torch.__version__,
+        "environment": describe_environment(torch.device(device).type),  # what these top-1 figures were measured on
     }
     metrics["fvcore_mflops"], metrics["fvcore_mflops_all_ops"], table = fvcore_flops(net, arch.resolution,
                                                                                       space.in_chans)

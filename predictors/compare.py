@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 
 from attentive.checkpoint import load_supernet
 from attentive.data import DataSplits, build_loader, calibration_batches, datasets_from_config
+from attentive.environment import describe_environment
 from attentive.fileio import BadFileError, json_safe, write_bytes_atomic, write_json_atomic
 from attentive.flops import count_flops_batch
 from attentive.measure import arch_key, measure_archs, read_rows, rows_to_arrays, stratified_archs
@@ -318,6 +319,7 @@ def retrain(options: RetrainOptions, log: Log = _silent) -> RetrainResult:
         "sizes_std": size_std, "size_repeats": options.repeats, "sizes_per_split": per_split,
         "xgboost_params": predictor.meta["params"], "tuning": tuning,
         "top1_range": [float(top1.min()), float(top1.max())],
+        "environment": describe_environment(torch.device(options.device).type),
     }
     write_json_atomic(options.out / "metrics.json", json_safe(metrics))
     plot_pred_vs_true(options.out / "pred_vs_true.png", y_held, predictions, results)

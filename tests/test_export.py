@@ -55,6 +55,7 @@ def test_export_then_load_matches_supernet(setup, exported):
     assert metrics["space_name"] == "tiny" and metrics["space_hash"] == space.hash
     assert 0 <= metrics["holdout_top1"] <= 100 and 0 <= metrics["test_top1"] <= 100
     assert metrics["bn_calibration_images"] == 32
+    assert metrics["environment"]["packages"]["torch"] == torch.__version__ and metrics["environment"]["threads"] >= 1
     assert metrics["onnx"]["checked_with_onnxruntime"] and metrics["onnx"]["max_abs_diff"] <= 1e-4
     assert f"{mflops:.3f}"[:4] in (out / "flops_table.txt").read_text()
     state = torch.load(out / "model.pth", weights_only=True)

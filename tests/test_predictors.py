@@ -575,6 +575,7 @@ def test_retrain_cli_end_to_end(checkpoint, tiny, tmp_path, capsys, monkeypatch)
     assert rebuilt == [(torch.load(checkpoint, weights_only=True)["config"]["data"], {"num_classes": 10})]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["num_train"], metrics["num_holdout"], metrics["space_hash"]) == (18, 6, tiny.hash)
+    assert metrics["environment"]["packages"]["xgboost"] is not None  # what the labels were measured with
     models = {"xgboost", "xgboost_no_teacher", "random_forest", "mlp", "gaussian_process"}
     assert set(metrics["models"]) == models | {"mflops (baseline)"}
     assert set(metrics["sizes"]["8"]) == models and metrics["size_repeats"] == 3
