@@ -87,6 +87,15 @@ def describe_environment(device: str = "cpu", threads: int | None = None) -> dic
     return env
 
 
+def environment_summary(env: dict[str, Any] | None = None) -> str:
+    """One line for a benchmark's output: "AMD EPYC (25/17/1/0x1000065), AVX512, 2 threads, torch 2.14.1,
+    oneDNN 3.12.0" (and the GPU where there is one); `env` defaults to this process's `describe_environment()`."""
+    env = describe_environment() if env is None else env
+    gpu = f", {env['gpu']} (CUDA {env['cuda']})" if env.get("gpu") else ""
+    return (f"{env['cpu']} ({env['cpu_id']}), {env['cpu_capability']}, {env['threads']} threads, "
+            f"torch {env['packages']['torch']}, oneDNN {env['onednn']}{gpu}")
+
+
 def environment_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """What differs between two `describe_environment` records in a way that can change numbers, one
     "key: before -> after" line each (package versions one line per package); empty when nothing does."""

@@ -31,6 +31,7 @@ from train_speed import SPACES, build_trainer  # noqa: E402  (SPACES: synthetic 
 from attentive.config import AMP_MODES  # noqa: E402
 from attentive.data import set_loader_epoch  # noqa: E402
 from attentive.distributed import resolve_device  # noqa: E402
+from attentive.environment import describe_environment, environment_summary  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
         return 2
 
+    print(f"machine: {environment_summary(describe_environment(device.type))}")
     results = measure(args.space, args.batch, precisions, args.steps, args.warmup, args.num_subnets, device)
     cuda = device.type == "cuda"
     print(f"\nSandwich step ({args.num_subnets} subnets), {args.space} space, batch {args.batch}, {device}"

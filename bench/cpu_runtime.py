@@ -74,6 +74,9 @@ def main() -> None:
 
     if PRIMITIVE_CACHE_ENV in os.environ:
         p.error(f"unset {PRIMITIVE_CACHE_ENV} first: the children must start from oneDNN's default")
+    from attentive.environment import describe_environment, environment_summary
+
+    print(f"machine: {environment_summary(describe_environment(threads=args.threads))}")
     times: dict[str, list[float]] = {s: [] for s in SETTINGS}
     for r in range(args.rounds):
         for setting in times:

@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_runtime()  # before any tensor work, as train.py does
     import torch
 
+    from attentive.environment import environment_summary
+
     torch.set_num_threads(args.threads)
+    print(f"machine: {environment_summary()}")
     bench_layers(args.repeats)
     bench_steps(args.steps, args.warmup, args.threads)
     return 0

@@ -42,6 +42,7 @@ from fvcore.nn import FlopCountAnalysis
 import attentive.layers as layers
 from attentive import Arch, Supernet, count_flops, count_flops_batch, load_space
 from attentive.cpu_runtime import tune_cpu_runtime
+from attentive.environment import describe_environment, environment_summary
 from attentive.depthwise import tap_weight_grad
 from attentive.distributed import resolve_device
 
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # a bad device, space name or resolution
         parser.error(str(e))
     torch.set_num_threads(args.threads)
+    print(f"machine: {environment_summary(describe_environment(torch.device(device).type))}")
     runtime = "glibc/oneDNN defaults" if args.default_runtime else "train.py's CPU runtime settings"
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, channels_last={args.channels_last}, {runtime}, "
           f"tap weight gradient {'on' if args.tap_weight_grad else 'off'}, "

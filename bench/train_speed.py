@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attentive.config import load_config  # noqa: E402
 from attentive.data import set_loader_epoch  # noqa: E402
+from attentive.environment import environment_summary  # noqa: E402
 from attentive.flops import count_flops_batch  # noqa: E402
 from attentive.trainer import Trainer  # noqa: E402
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"machine: {environment_summary()}")
     results = {}
     for space, image_size in SPACES.items():
         steps = args.steps_tiny if space == "tiny" else args.steps_imagenet

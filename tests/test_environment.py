@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attentive.environment import (ENVIRONMENT_NAME, NUMERIC_KEYS, describe_environment, environment_changes,
-                                   group_by_machine, record_start)
+                                   environment_summary, group_by_machine, record_start)
 from attentive.fileio import BadFileError
 
 
@@ -17,6 +17,13 @@ def test_describe_environment_names_the_cpu_threads_and_library_versions():
     assert env["packages"]["numpy"] is not None and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["gpu"] is None and env["cuda"] is None  # a cpu run
     json.dumps(env)  # JSON as it is
+
+
+def test_summary_line_names_cpu_threads_and_versions():
+    env = describe_environment(threads=3)
+    line = environment_summary(env)
+    assert line.startswith(f"{env['cpu']} ({env['cpu_id']}), {env['cpu_capability']}, 3 threads, torch {torch.__version__}")
+    assert "CUDA" not in line and "CUDA 13.0" in environment_summary({**env, "gpu": "H100", "cuda": "13.0"})
 
 
 def test_changes_list_what_can_change_numbers_and_nothing_else():
