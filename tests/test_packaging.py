@@ -52,3 +52,28 @@ def test_spaces_load_from_an_unpacked_wheel(wheel, tmp_path):
     import attentive
 
     assert out[2] == f"{attentive.load_space('tiny').hash} {attentive.load_space('attentivenas').hash}"
+
+
+def test_every_requirement_is_pinned_in_the_constraints_within_its_range():
+    """`make venv` installs configs/pip-constraints.txt's versions: a requirement added to setup.py without a pin
+    there, or a pin outside setup.py's range, would make fresh clones differ from the tested environment."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "configs" / "pip-constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"configs/pip-constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = version.strip()
+    makefile = (ROOT / "Makefile").read_text()
+    for text in importlib.metadata.requires("attentive"):
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name in ("torch", "torchvision"):  # pinned in the Makefile (local wheels)
+            assert f"{req.name}==" in makefile
+            continue
+        assert name in pins, f"{req.name} is required but not pinned in configs/pip-constraints.txt"
+        assert req.specifier.contains(pins[name]), f"{req.name}=={pins[name]} is outside setup.py's {req.specifier}"
