@@ -140,7 +140,7 @@ def record_start(run_dir: str | Path, per_rank: Sequence[dict[str, Any]], step: 
     changes: list[str] = []
     if record["starts"]:
         previous = record["starts"][-1]["machines"]
-        if len(previous) != len(machines) or [m["ranks"] for m in previous] != [m["ranks"] for m in machines]:
+        if [m["ranks"] for m in previous] != [m["ranks"] for m in machines]:
             changes.append(f"machines: {len(previous)} distinct over {sum(len(m['ranks']) for m in previous)} ranks "
                            f"-> {len(machines)} over {len(per_rank)}")
         for old, new in zip(previous, machines):
