@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .calibration import preserved_bn_state
-from .evaluate import evaluate_arch
+from .evaluate import calibrated, correct_per_image, percent
 from .fileio import fsync_dir
 from .flops import count_flops, count_flops_batch
 from .space import Arch, SearchSpace
@@ -183,6 +183,7 @@ def measure_archs(
     progress: bool = True,
     channels_last: bool = False,
     tag: str | None = None,
+    keep_correct: bool = False,
 ) -> list[dict]:
     """Top-1 (%) of each arch on `holdout_loader` (the held-out split of the training set), BN recalibrated on
     `calib_batches` first (the same batches for every arch). Returns one row per requested arch, in order.
@@ -191,7 +192,13 @@ def measure_archs(
     again (resume). `tag` (e.g. the checkpoint's identity) is stored in each row; resuming into a file written
     under another tag is refused, so measurements of two checkpoints never mix. The supernet is left as found:
     active arch, train/eval modes and BN running statistics are restored afterwards.
+
+    `keep_correct` adds "correct" to each returned row: a bool array, one entry per image of `holdout_loader`, for
+    paired comparisons between archs (not written to `out_path`, so it cannot be combined with resuming).
     """
+    if keep_correct and out_path is not None:
+        raise ValueError("keep_correct needs every arch measured in this call: it cannot resume from out_path, "
+                         "whose rows hold no per-image results")
     space: SearchSpace = supernet.space
     if not isinstance(calib_batches, (list, tuple)) or not calib_batches:
         raise TypeError("calib_batches must be a non-empty list of image batches (see "
@@ -209,13 +216,17 @@ def measure_archs(
         with preserved_bn_state(supernet), tqdm(total=total, initial=total - len(todo), desc="measure archs", unit="arch",
                   disable=not progress, dynamic_ncols=True) as bar:
             for arch in todo:
-                top1 = evaluate_arch(supernet, arch, calib_batches, holdout_loader, device, channels_last)
+                hits = correct_per_image(calibrated(supernet, arch, calib_batches, device, channels_last),
+                                         holdout_loader, device, channels_last)
+                top1 = percent(int(hits.sum()), hits.numel())
                 row = {"arch": arch.to_dict(), "mflops": count_flops(space, arch, supernet.num_classes),
                        "top1": float(top1), "space_hash": space.hash, "tag": tag}
                 if out_file is not None:
                     out_file.write(json.dumps(row, sort_keys=True) + "\n")
                     out_file.flush()
                     os.fsync(out_file.fileno())
+                if keep_correct:
+                    row["correct"] = hits.numpy()
                 done[arch_key(arch)] = row
                 bar.update(1)
                 bar.set_postfix(top1=f"{top1:.2f}")

@@ -372,15 +372,15 @@ def test_interrupted_collection_resumes_without_duplicates(tiny_measurement, tmp
     bn_before = {k: v.clone() for k, v in supernet.state_dict().items()}
     arch_before = supernet.active_arch
     calls = []
-    real_evaluate = collect.evaluate_arch
+    real_calibrated = collect.calibrated
 
-    def crashing_evaluate(*args, **kwargs):
+    def crashing_calibrated(*args, **kwargs):
         calls.append(args[1])
         if len(calls) == 3:
             raise KeyboardInterrupt  # the run is killed while measuring the third arch
-        return real_evaluate(*args, **kwargs)
+        return real_calibrated(*args, **kwargs)
 
-    monkeypatch.setattr(collect, "evaluate_arch", crashing_evaluate)
+    monkeypatch.setattr(collect, "calibrated", crashing_calibrated)
     with pytest.raises(KeyboardInterrupt):
         measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
     assert len(_lines(out)) == 2
@@ -393,7 +393,7 @@ def test_interrupted_collection_resumes_without_duplicates(tiny_measurement, tmp
     with open(out, "a") as f:
         f.write('{"arch": {"resolution": 2')  # torn last line from a crash mid-write
     calls.clear()
-    monkeypatch.setattr(collect, "evaluate_arch", lambda *a, **k: (calls.append(a[1]), real_evaluate(*a, **k))[1])
+    monkeypatch.setattr(collect, "calibrated", lambda *a, **k: (calls.append(a[1]), real_calibrated(*a, **k))[1])
     with pytest.warns(RuntimeWarning, match="torn last line"):
         rows = measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
     assert calls == archs[2:]  # only the unmeasured archs
@@ -410,6 +410,24 @@ def test_interrupted_collection_resumes_without_duplicates(tiny_measurement, tmp
     calls.clear()
     measure_archs(supernet, archs, calib, loader, out_path=out, progress=False, tag="t")
     assert calls == [] and len(_lines(out)) == 4
+
+
+def test_per_image_results_agree_with_the_counts(tiny_measurement, tmp_path):
+    from attentive.calibration import preserved_bn_state
+    from attentive.evaluate import calibrated, count_correct, evaluate_arch
+
+    supernet, calib, loader, archs = tiny_measurement
+    rows = measure_archs(supernet, archs[:3], calib, loader, progress=False, keep_correct=True)
+    for arch, row in zip(archs, rows):
+        hits = row["correct"]
+        assert hits.dtype == bool and hits.shape == (sum(len(labels) for _, labels in loader),)
+        with preserved_bn_state(supernet):
+            assert row["top1"] == 100.0 * hits.sum() / hits.size == evaluate_arch(supernet, arch, calib, loader)
+            assert count_correct(calibrated(supernet, arch, calib), loader) == (int(hits.sum()), hits.size)
+    plain = measure_archs(supernet, archs[:3], calib, loader, progress=False)
+    assert [r["top1"] for r in plain] == [r["top1"] for r in rows] and "correct" not in plain[0]
+    with pytest.raises(ValueError, match="keep_correct .* cannot resume from out_path"):
+        measure_archs(supernet, archs[:1], calib, loader, out_path=tmp_path / "m.jsonl", keep_correct=True)
 
 
 def test_collection_refuses_mixing_files(tiny_measurement, big, tmp_path):
