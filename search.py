@@ -93,6 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--holdout-size", type=int, help="held-out images that re-rank candidates (default: all); "
                    "exports are measured on the whole held-out and test splits")
+    p.add_argument("--tie-z", type=float, default=SelectOptions.tie_z,
+                   help="a larger arch whose held-out top-1 is behind the best by at most this many paired standard "
+                        "errors counts as tied and is exported instead (0: the best measured top-1 always wins; "
+                        "default %(default)s)")
     p.add_argument("--data-root", help="dataset root (default: the checkpoint config's data.root)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -115,6 +119,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name, minimum in minimums.items():
         if (v := getattr(args, name)) is not None and v < minimum:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
+    if not (math.isfinite(args.tie_z) and args.tie_z >= 0):
+        raise UsageError(f"--tie-z must be a finite number >= 0 (0: the best measured top-1 always wins), got "
+                         f"{args.tie_z}")
     if args.max_mflops is not None and not (math.isfinite(args.max_mflops) and args.max_mflops > 0):
         raise UsageError(f"--max-mflops must be a positive number, got {args.max_mflops}")
 
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace, objective: SearchObjective | None = None) -> d
         budgets=tuple(budgets), top_k=args.top_k, front_measure=args.front_measure, population=args.population,
         generations=args.generations, seed=args.seed, calib_batches=args.calib_batches,
         calib_batch_size=args.calib_batch_size or int(ckpt["config"]["data"].get("batch_size") or 128),
-        eval_batch_size=args.eval_batch_size, holdout_size=args.holdout_size, onnx=not args.no_onnx,
+        eval_batch_size=args.eval_batch_size, holdout_size=args.holdout_size, tie_z=args.tie_z, onnx=not args.no_onnx,
         progress=not args.no_progress)
     provenance = checkpoint_provenance(args.checkpoint, ckpt, options)
     if args.export_arch is not None:

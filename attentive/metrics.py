@@ -60,3 +60,16 @@ def regression_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, flo
     out = rank_metrics(predicted, true)
     out["rmse"] = float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - np.asarray(true, np.float64)) ** 2)))
     return out
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float]:
+    """(top-1 of a minus top-1 of b, the standard error of that difference), both in points, from two nets'
+    per-image correctness on the same images (attentive.evaluate.correct_per_image). Paired: only the images the
+    two nets disagree on add noise, so two similar subnets are told apart on far fewer images than their separate
+    binomial errors suggest."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"paired_difference needs two 1-D correctness vectors over the same >= 2 images, got "
+                         f"shapes {a.shape} and {b.shape}")
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    return 100.0 * float(diff.mean()), 100.0 * float(diff.std(ddof=1)) / math.sqrt(diff.size)

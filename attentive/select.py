@@ -12,9 +12,11 @@ must satisfy each. FLOPs budgets may be given as plain numbers.
    spread along the predicted front (the rest of the front is kept in the table, unmeasured).
 3. `measure_candidates`: BN recalibrated on training images, top-1 on the held-out split of the training set
    (attentive.measure.measure_archs).
-4. `choose_per_budget`: for each budget, the measured arch with the best held-out top-1 among all measured archs
-   that fit it (ties: fewer MFLOPs, or lower latency for a latency-only budget). Only the chosen archs are exported
-   (attentive.export.export_subnet), and only then is their test top-1 measured, for the report
+4. `choose_per_budget`: for each budget, among all measured archs that fit it, the best held-out top-1, except
+   that a larger arch behind it by no more than `tie_z` paired standard errors (the images the two disagree on;
+   default 1) is exported instead: a difference the held-out split cannot resolve does not decide, and within a
+   budget the larger arch costs the user nothing unplanned (docs/results.md, "Which measured arch to export"). Only the chosen archs
+   are exported (attentive.export.export_subnet), and only then is their test top-1 measured, for the report
    (attentive.report). With a latency table each export also records its predicted latency and the latency
    measured on the exported model (its ONNX file for onnxruntime, the static net for torch) as the table was built.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +46,7 @@ from .fileio import BadFileError
 from .flops import count_flops, count_params
 from .latency import LatencyTable, measure_latency
 from .measure import measure_archs
+from .metrics import paired_difference
 from .report import budget_dir_name, write_pareto, write_summary
 from .scoring import ScoreFn
 from .search import (Constraint, Cost, EvolutionOptions, EvolutionResult, Objective, ParetoOptions, ParetoResult,
@@ -137,6 +141,7 @@ class SelectOptions:
     calib_batch_size: int = 128
     eval_batch_size: int = 256
     holdout_size: int | None = None  # held-out images used to re-rank (None: the whole held-out split)
+    tie_z: float = 1.0  # ties within tie_z paired standard errors go to the larger arch (choose_per_budget); 0: off
     onnx: bool = True
     progress: bool = True
 
@@ -389,23 +394,53 @@ def candidate_rows(space: SearchSpace, num_classes: int, objective: Objective, s
 
 
 def measure_candidates(supernet: nn.Module, rows: Sequence[dict[str, Any]], data: SelectionData,
-                       device: torch.device, progress: bool = True) -> float:
+                       device: torch.device, progress: bool = True) -> tuple[float, dict[int, np.ndarray]]:
     """Set each row's "holdout_top1" (BN recalibrated on `data.calib`, top-1 on `data.rerank`); returns the
-    seconds spent. The supernet is left as found."""
+    seconds spent and each row's per-image correctness on those images, by row id (for `choose_per_budget`'s
+    paired comparisons; kept apart so that the rows stay JSON). The supernet is left as found."""
     start = time.perf_counter()
     measured = measure_archs(supernet, [Arch.from_dict(r["arch"]) for r in rows], data.calib, data.rerank,
-                             device=device, progress=progress, channels_last=data.channels_last)
+                             device=device, progress=progress, channels_last=data.channels_last, keep_correct=True)
     for row, m in zip(rows, measured):
         row["holdout_top1"] = m["top1"]
-    return time.perf_counter() - start
+    return time.perf_counter() - start, {row["id"]: m["correct"] for row, m in zip(rows, measured)}
 
 
-def choose_per_budget(measured: Sequence[Mapping[str, Any]],
-                      budgets: Sequence[float | Budget]) -> dict[float | Budget, Mapping[str, Any]]:
-    """Each budget's export among the measured candidates (dicts with "mflops", "holdout_top1", "predicted", and
-    "latency_ms" for ms budgets): the best held-out top-1 within the budget; at equal top-1 the cheaper one, which
-    dominates it (fewer MFLOPs; lower latency for a budget in ms only), then the higher predicted score. Keyed by
-    the budgets as given. Raises ValueError naming a budget that no candidate fits."""
+@dataclass(frozen=True)
+class Choice:
+    """A budget's export (`row`) and why. `best` is the fitting arch with the best measured held-out top-1; the
+    export is another, larger arch only when ties go to the larger arch (`tie_z` > 0): then it is `behind` points
+    below `best` on the same held-out images, within `tie_z` paired standard errors (`standard_error`)."""
+
+    row: Mapping[str, Any]
+    best: Mapping[str, Any]
+    tie_z: float = 0.0
+    behind: float = 0.0
+    standard_error: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": "best held-out top-1" if self.tie_z == 0 else
+                f"largest arch within {self.tie_z:g} paired standard errors of the best held-out top-1",
+                "tie_z": self.tie_z, "best_measured_id": self.best["id"], "best_measured_mflops": self.best["mflops"],
+                "best_measured_holdout_top1": self.best["holdout_top1"], "behind_best_points": self.behind,
+                "standard_error_points": self.standard_error}
+
+
+def choose_per_budget(measured: Sequence[Mapping[str, Any]], budgets: Sequence[float | Budget], tie_z: float = 0.0,
+                      correct: Mapping[Any, np.ndarray] | None = None) -> dict[float | Budget, Choice]:
+    """Each budget's export among the measured candidates (dicts with "id", "mflops", "holdout_top1",
+    "predicted", and "latency_ms" for ms budgets), keyed by the budgets as given.
+
+    The best held-out top-1 within the budget wins; at equal top-1 the cheaper one, which dominates it (fewer
+    MFLOPs; lower latency for a budget in ms only), then the higher predicted score. With `tie_z` > 0 a measured
+    difference the held-out images cannot resolve does not decide: the most expensive fitting candidate whose
+    top-1 is below the best's by at most `tie_z` paired standard errors (attentive.metrics.paired_difference over
+    `correct`, each candidate's per-image correctness by id) is exported instead, since within a budget a larger
+    subnet costs the user nothing and the front rises with cost (docs/results.md, "Which measured arch to
+    export"). Raises ValueError naming a budget that no candidate fits, and for `tie_z` > 0 without `correct`
+    for every candidate."""
+    if not (math.isfinite(tie_z) and tie_z >= 0):
+        raise ValueError(f"tie_z must be a finite number >= 0 (0: the best measured top-1 always wins), got {tie_z}")
     chosen = {}
     for b in budgets:
         budget = as_budget(b)
@@ -413,7 +448,21 @@ def choose_per_budget(measured: Sequence[Mapping[str, Any]],
         fits = [row for row in measured if budget.fits(row)]
         if not fits:
             raise ValueError(f"no measured arch fits the budget of {budget.describe()}")
-        chosen[b] = max(fits, key=lambda row: (row["holdout_top1"], -row[cost], row["predicted"]))
+        best = max(fits, key=lambda row: (row["holdout_top1"], -row[cost], row["predicted"]))
+        choice = Choice(best, best, tie_z)
+        if tie_z > 0:
+            missing = [row["id"] for row in fits if correct is None or row["id"] not in correct]
+            if missing:
+                raise ValueError(f"tie_z > 0 compares candidates image by image: per-image correctness is missing "
+                                 f"for candidates {missing} (measure them with keep_correct=True)")
+            for row in sorted(fits, key=lambda row: (-row[cost], -row["holdout_top1"])):
+                if row[cost] <= best[cost]:
+                    break
+                behind, se = paired_difference(correct[best["id"]], correct[row["id"]])
+                if behind <= tie_z * se:
+                    choice = Choice(row, best, tie_z, behind, se)
+                    break
+        chosen[b] = choice
     return chosen
 
 
@@ -460,10 +509,17 @@ def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: D
     rows = candidate_rows(space, num_classes, cached, searched, options.front_measure, cost)
     to_measure = [r for r in rows if r["roles"]]
     data = selection_data(splits, options, device)
-    measure_seconds = measure_candidates(supernet, to_measure, data, device, options.progress)
+    measure_seconds, correct = measure_candidates(supernet, to_measure, data, device, options.progress)
     _log(f"measured {len(to_measure)} archs on the held-out split ({data.rerank_images} images) in "
          f"{measure_seconds:.1f}s")
-    chosen = choose_per_budget(to_measure, budgets)
+    choices = choose_per_budget(to_measure, budgets, options.tie_z, correct)
+    chosen = {b: c.row for b, c in choices.items()}
+    for b, c in choices.items():
+        if c.row is not c.best:
+            _log(f"budget {b.describe()}: exporting a larger arch ({c.row['mflops']:.4g} MFLOPs, held-out top-1 "
+                 f"{c.row['holdout_top1']:.2f}) than the best measured ({c.best['mflops']:.4g} MFLOPs, "
+                 f"{c.best['holdout_top1']:.2f}): {c.behind:.2f} points behind it, within {c.tie_z:g} paired "
+                 f"standard errors ({c.standard_error:.2f})")
     for b, row in chosen.items():
         if b.mflops is not None:
             row["exported_for_mflops"].append(b.mflops)
@@ -483,7 +539,7 @@ def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: D
                 channels_last=data.channels_last,
                 extra={**provenance, "objective": objective.description, "predicted": row["predicted"],
                        "search_holdout_top1": row["holdout_top1"], "search_roles": row["roles"],
-                       "rerank_holdout_images": data.rerank_images},
+                       "search_choice": choices[b].to_dict(), "rerank_holdout_images": data.rerank_images},
                 after_export=None if latency is None else latency_metrics(latency, arch, b.latency_ms))
             row["test_top1"] = metrics["test_top1"]
             r = searched.per_budget[b]
@@ -491,6 +547,7 @@ def search_and_select(supernet: nn.Module, objective: SearchObjective, splits: D
                 "dir": b.dir_name, "mflops": metrics["mflops"], "fvcore_mflops": metrics["fvcore_mflops"],
                 "mparams": metrics["mparams"], "predicted": row["predicted"],
                 "holdout_top1": metrics["holdout_top1"], "test_top1": metrics["test_top1"],
+                "choice": choices[b].to_dict(),
             }
             if latency is not None:
                 entry.update(predicted_latency_ms=metrics["predicted_latency_ms"],
@@ -525,7 +582,7 @@ def _summary(space: SearchSpace, num_classes: int, objective: SearchObjective, c
                                                "latency_range_ms": list(ms_span or ()), "x_axis": x_axis}
     return {
         "checkpoint": checkpoint, "space_name": space.name, "space_hash": space.hash,
-        "objective": objective.description, "seed": options.seed, "top_k": options.top_k,
+        "objective": objective.description, "seed": options.seed, "top_k": options.top_k, "tie_z": options.tie_z,
         "flops_range_mflops": list(flops_span), **latency_keys,
         "evolution_options": {**asdict(EvolutionOptions(**searched.evolution_options)), "top_k": options.top_k,
                               "num_classes": num_classes, "score_input": score_input, "progress": options.progress},

@@ -164,7 +164,7 @@ def test_budgets_pair_sort_fit_and_name(tiny, torch_table):
             {"id": "slow_tie", "mflops": 3.0, "latency_ms": 1.4, "holdout_top1": 80.0, "predicted": 2.0},
             {"id": "best", "mflops": 6.0, "latency_ms": 1.9, "holdout_top1": 85.0, "predicted": 0.0}]
     chosen = choose_per_budget(rows, [Budget(None, 1.5), Budget(None, 2.0), Budget(5.0, 1.5), 5.0])
-    assert [r["id"] for r in chosen.values()] == ["fast", "best", "slow_tie", "slow_tie"]  # ties: cheaper in the budget's cost
+    assert [c.row["id"] for c in chosen.values()] == ["fast", "best", "slow_tie", "slow_tie"]  # ties: cheaper in the budget's cost
     with pytest.raises(ValueError, match="no measured arch fits the budget of 0.5 ms"):
         choose_per_budget(rows, [Budget(None, 0.5)])
 

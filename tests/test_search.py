@@ -255,7 +255,14 @@ def test_cli_end_to_end(checkpoint, tmp_path):
         assert {f"top{k}@{b:g}" for k in (1, 2, 3)} <= {role for r in candidates for role in r["roles"]}
         exported = [r for r in candidates if b in r["exported_for_mflops"]]
         assert len(exported) == 1
-        assert exported[0]["holdout_top1"] == max(r["holdout_top1"] for r in candidates)
+        choice = summary["budgets"][f"{b:g}"]["choice"]
+        assert metrics["search_choice"] == choice and choice["tie_z"] == summary["tie_z"] == SelectOptions.tie_z
+        best = [r for r in candidates if r["id"] == choice["best_measured_id"]]
+        assert best[0]["holdout_top1"] == max(r["holdout_top1"] for r in candidates)
+        if exported[0] is not best[0]:  # a larger arch, behind the best by no more than the noise allows
+            assert exported[0]["mflops"] > best[0]["mflops"]
+            assert best[0]["holdout_top1"] - exported[0]["holdout_top1"] == pytest.approx(choice["behind_best_points"])
+            assert choice["behind_best_points"] <= choice["tie_z"] * choice["standard_error_points"]
         assert json.loads((d / "arch.json").read_text()) == exported[0]["arch"]
         net = load_subnet(d)
         assert net(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
@@ -263,6 +270,32 @@ def test_cli_end_to_end(checkpoint, tmp_path):
     assert summary["budgets"]["100"]["search"]["clamped_to_mflops"] == pytest.approx(hi)
     assert summary["rerank_holdout_images"] == 24 and summary["holdout_images"] == 32
     assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind
+
+
+def test_export_choice_bench_replays_the_search(checkpoint, tmp_path, capsys):
+    """bench/export_choice.py re-measures a finished search's candidates to the last image and, at the search's
+    tie_z, chooses the archs the search exported."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(search_cli.__file__).rsplit("/", 1)[0] + "/bench")
+    export_choice = importlib.import_module("export_choice")
+    space = load_space("tiny")
+    out = tmp_path / "out"
+    summary = search_cli.run(_args("--checkpoint", checkpoint, "--budgets", "2,5", "--out", out, "--calib-batches", 2,
+                                   "--top-k", 2, "--front-measure", 0, "--no-onnx", "--no-progress",
+                                   "--generations", 2, "--population", 16),
+                             SearchObjective(IndexScorer(_stand_in(space)), "stand-in"))
+    capsys.readouterr()
+    assert export_choice.main([str(out), "--tie-z", f"0,{summary['tie_z']}", "--folds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{summary['archs_measured']} measured archs, budgets 2, 5; re-measured held-out top-1 differs from " \
+           f"pareto.json by at most 0.0000" in printed
+    replayed = printed.split(f"tie_z {summary['tie_z']:g}\n")[1].splitlines()[0]
+    mflops = " / ".join(f"{summary['budgets'][b]['mflops']:.2f}" for b in ("2", "5"))
+    test_top1 = " / ".join(f"{summary['budgets'][b]['test_top1']:.2f}" for b in ("2", "5"))
+    assert f"MFLOPs {mflops};" in replayed and f"test {test_top1};" in replayed
+    assert "tie_z | cross-fold held-out top-1" in printed
 
 
 def test_cli_export_arch(checkpoint, tmp_path):
@@ -298,6 +331,7 @@ def test_cli_usage_errors(checkpoint, tmp_path, capsys):
     _usage_error(capsys, [*base, "--budgets", "5", "--space", "attentivenas"], "not of space attentivenas")
     _usage_error(capsys, [*base, "--budgets", "5", "--device", "gpu0"], "--device", "unknown device 'gpu0'",
                  "auto, cpu, cuda, cuda:N")
+    _usage_error(capsys, [*base, "--budgets", "5", "--tie-z", "-1"], "--tie-z must be a finite number >= 0")
     if not torch.cuda.is_available():
         _usage_error(capsys, [*base, "--budgets", "5", "--device", "cuda:0"], "--device", "CUDA is not available")
     big = tmp_path / "big.json"
@@ -377,9 +411,59 @@ def test_each_budget_exports_the_best_measured_arch_and_the_cheaper_one_of_a_tie
             {"id": "mid_better", "mflops": 6.1, "holdout_top1": 89.75, "predicted": 91.3},
             {"id": "big", "mflops": 7.88, "holdout_top1": 91.15, "predicted": 91.4}]
     chosen = choose_per_budget(rows, [3, 5, 7, 8])
-    assert {b: r["id"] for b, r in chosen.items()} == {3: "min", 5: "min", 7: "mid_better", 8: "big"}
+    assert {b: c.row["id"] for b, c in chosen.items()} == {3: "min", 5: "min", 7: "mid_better", 8: "big"}
+    assert all(c.row is c.best and c.behind == 0 for c in chosen.values())
     with pytest.raises(ValueError, match="budget of 1 MFLOPs"):
         choose_per_budget(rows, [1])
+
+
+def _correct(n, wrong):
+    hits = np.ones(n, dtype=bool)
+    hits[list(wrong)] = False
+    return hits
+
+
+def test_ties_within_paired_noise_go_to_the_larger_arch():
+    from attentive.select import choose_per_budget
+
+    n = 1000
+    # small: wrong on images 0-99 (90.0); near: also wrong on 100-101 and right on 0 (89.9, one image behind, 3
+    # discordant images); far: wrong on 100-139 besides (86.0: 40 images behind, far outside the noise).
+    correct = {"small": _correct(n, range(100)), "near": _correct(n, range(1, 102)),
+               "far": _correct(n, range(140))}
+    rows = [{"id": k, "mflops": m, "holdout_top1": 100.0 * correct[k].mean(), "predicted": 0.0}
+            for k, m in (("small", 2.0), ("near", 4.5), ("far", 4.9))]
+    assert [r["holdout_top1"] for r in rows] == pytest.approx([90.0, 89.9, 86.0])
+    strict = choose_per_budget(rows, [3, 5])
+    assert [c.row["id"] for c in strict.values()] == ["small", "small"]
+    tied = choose_per_budget(rows, [3, 5], tie_z=1.0, correct=correct)
+    assert [c.row["id"] for c in tied.values()] == ["small", "near"]  # far is too far behind, though larger
+    c = tied[5]
+    assert c.best["id"] == "small" and c.behind == pytest.approx(0.1)
+    # Paired: 3 discordant images of 1000, differences +1, -1, -1 -> sd 1.155 / sqrt(1000)
+    assert c.standard_error == pytest.approx(100 * np.std([1, -1, -1] + [0] * 997, ddof=1) / np.sqrt(n))
+    assert c.to_dict()["best_measured_id"] == "small" and c.to_dict()["tie_z"] == 1.0
+    # A tolerance smaller than the difference keeps the best.
+    assert choose_per_budget(rows, [5], tie_z=c.behind / c.standard_error * 0.99, correct=correct)[5].row["id"] == \
+        "small"
+    with pytest.raises(ValueError, match=r"per-image correctness is missing for candidates \['far'\]"):
+        choose_per_budget(rows, [5], tie_z=1.0, correct={k: v for k, v in correct.items() if k != "far"})
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tie_z must be a finite number >= 0"):
+            choose_per_budget(rows, [5], tie_z=bad, correct=correct)
+
+
+def test_paired_difference_counts_only_the_images_two_nets_disagree_on():
+    from attentive.metrics import paired_difference
+
+    a = _correct(400, range(40))  # 90.0
+    b = _correct(400, range(30, 80))  # 87.5: 40 images only a gets right, 10 only b
+    diff, se = paired_difference(a, b)
+    d = a.astype(float) - b.astype(float)
+    assert diff == pytest.approx(2.5) and se == pytest.approx(100 * d.std(ddof=1) / 20)
+    assert paired_difference(a, a) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same >= 2 images"):
+        paired_difference(a, b[:-1])
 
 
 # ---- refusals of bad files: exit 2, the file named --------------------------------------------------------------
