@@ -14,11 +14,12 @@ must satisfy each. FLOPs budgets may be given as plain numbers.
    (attentive.measure.measure_archs).
 4. `choose_per_budget`: for each budget, among all measured archs that fit it, the best held-out top-1, except
    that a larger arch behind it by no more than `tie_z` paired standard errors (the images the two disagree on;
-   default 1) is exported instead: a difference the held-out split cannot resolve does not decide, and within a
-   budget the larger arch costs the user nothing unplanned (docs/results.md, "Which measured arch to export"). Only the chosen archs
-   are exported (attentive.export.export_subnet), and only then is their test top-1 measured, for the report
-   (attentive.report). With a latency table each export also records its predicted latency and the latency
-   measured on the exported model (its ONNX file for onnxruntime, the static net for torch) as the table was built.
+   default 1) is exported instead: a difference the held-out split cannot resolve does not decide, and the
+   larger arch is still within what the user budgeted (docs/results.md, "Which measured arch to export"). Only
+   the chosen archs are exported (attentive.export.export_subnet), and only then is their test top-1 measured,
+   for the report (attentive.report). With a latency table each export also records its predicted latency and the
+   latency measured on the exported model (its ONNX file for onnxruntime, the static net for torch) as the table
+   was built.
 
 `search_and_select` runs the whole pipeline into one output directory; `export_arch` exports one given arch.
 """
@@ -435,8 +436,8 @@ def choose_per_budget(measured: Sequence[Mapping[str, Any]], budgets: Sequence[f
     MFLOPs; lower latency for a budget in ms only), then the higher predicted score. With `tie_z` > 0 a measured
     difference the held-out images cannot resolve does not decide: the most expensive fitting candidate whose
     top-1 is below the best's by at most `tie_z` paired standard errors (attentive.metrics.paired_difference over
-    `correct`, each candidate's per-image correctness by id) is exported instead, since within a budget a larger
-    subnet costs the user nothing and the front rises with cost (docs/results.md, "Which measured arch to
+    `correct`, each candidate's per-image correctness by id) is exported instead: it is still within the budget,
+    and the front rises with cost where measurements can resolve it (docs/results.md, "Which measured arch to
     export"). Raises ValueError naming a budget that no candidate fits, and for `tie_z` > 0 without `correct`
     for every candidate."""
     if not (math.isfinite(tie_z) and tie_z >= 0):
