@@ -88,6 +88,22 @@ def summarize(out: Path) -> str:
     return "\n".join(lines)
 
 
+def choice_notes(out: Path) -> list[str]:
+    """One line per export that is not the best measured arch under its budget but a larger one tied with it
+    (search.py --tie-z), so that a held-out column that does not rise is read right."""
+    notes = []
+    for metrics_path in sorted((out / "search").glob("*/metrics.json")):
+        m = json.loads(metrics_path.read_text())
+        c = m.get("search_choice") or {}
+        if c.get("standard_error_points") is None:  # the best measured arch itself
+            continue
+        notes.append(f"{metrics_path.parent.name}: {m['mflops']:.2f} MFLOPs, {c['behind_best_points']:.2f} held-out "
+                     f"points behind the best measured arch under its budget ({c['best_measured_mflops']:.2f} MFLOPs, "
+                     f"{c['best_measured_holdout_top1']:.2f}), within {c['tie_z']:g} paired standard errors "
+                     f"({c['standard_error_points']:.2f}): a tie, which goes to the larger arch (search.py --tie-z)")
+    return notes
+
+
 def write_report(out: Path, table: str, seconds: dict[str, float]) -> Path:
     pred_metrics = out / "predictor" / "metrics.json"
     pred_text = ""
@@ -98,6 +114,8 @@ def write_report(out: Path, table: str, seconds: dict[str, float]) -> Path:
             pred_text = (f"Accuracy predictor (XGBoost) on held-out archs: Kendall tau {xgb.get('kendall_tau', float('nan')):.3f}, "
                          f"Spearman rho {xgb.get('spearman_rho', float('nan')):.3f}, RMSE {xgb.get('rmse', float('nan')):.3f}.\n")
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if v)
+    notes = choice_notes(out)
+    ties = "".join(f"- {note}\n" for note in notes) + ("\n" if notes else "")
     report = out / "report.md"
     write_text_atomic(
         report,
@@ -105,6 +123,7 @@ def write_report(out: Path, table: str, seconds: dict[str, float]) -> Path:
         f"{table}\n\n"
         "Held-out top-1 is measured on a split of the training set (used to choose); test top-1 on the official "
         "test split (reported only).\n\n"
+        f"{ties}"
         f"{pred_text}"
         f"Pareto front: `search/pareto.png`, all evaluated archs: `search/pareto.csv`.\n\n"
         f"Stage times this run: {timing or 'all stages reused'}.\n"
@@ -151,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     table = summarize(out)
     report = write_report(out, table, seconds)
     print("\n" + table + "\n")
+    for note in choice_notes(out):
+        print(f"[demo] {note}")
     print(f"[demo] report: {report}")
     print(f"[demo] Pareto plot: {search_dir / 'pareto.png'}")
     print(f"[demo] total {(time.time() - t_start) / 60:.1f} min")
