@@ -146,6 +146,11 @@ class SelectOptions:
     onnx: bool = True
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tie_z) and self.tie_z >= 0):  # refused before any search or measurement
+            raise ValueError(f"tie_z must be a finite number >= 0 (0: the best measured top-1 always wins), got "
+                             f"{self.tie_z}")
+
 
 @dataclass
 class SelectionData:

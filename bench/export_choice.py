@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         zs = [float(z) for z in args.tie_z.split(",")]
     except ValueError:
-        p.error(f"--tie-z: give numbers separated by commas, got {args.tie_z!r}")
+        zs = []
+    if not zs or not all(math.isfinite(z) and z >= 0 for z in zs):
+        p.error(f"--tie-z: give numbers >= 0 separated by commas (0: the best measured top-1 wins), got "
+                f"{args.tie_z!r}")
     if args.folds < 2:
         p.error(f"--folds must be >= 2, got {args.folds}")
     if args.threads:

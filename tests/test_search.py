@@ -296,6 +296,10 @@ def test_export_choice_bench_replays_the_search(checkpoint, tmp_path, capsys):
     test_top1 = " / ".join(f"{summary['budgets'][b]['test_top1']:.2f}" for b in ("2", "5"))
     assert f"MFLOPs {mflops};" in replayed and f"test {test_top1};" in replayed
     assert "tie_z | cross-fold held-out top-1" in printed
+    for bad in ("-1", "1,x"):
+        with pytest.raises(SystemExit) as exit_info:
+            export_choice.main([str(out), "--tie-z", bad])
+        assert exit_info.value.code == 2 and "--tie-z: give numbers >= 0" in capsys.readouterr().err
 
 
 def test_cli_export_arch(checkpoint, tmp_path):
@@ -451,6 +455,8 @@ def test_ties_within_paired_noise_go_to_the_larger_arch():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="tie_z must be a finite number >= 0"):
             choose_per_budget(rows, [5], tie_z=bad, correct=correct)
+        with pytest.raises(ValueError, match="tie_z must be a finite number >= 0"):
+            SelectOptions(budgets=(5,), tie_z=bad)
 
 
 def test_paired_difference_counts_only_the_images_two_nets_disagree_on():
