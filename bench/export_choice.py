@@ -9,8 +9,10 @@ same environment); the largest difference is printed. Then, for each tie_z and e
 
   * two-fold on the held-out split: the rule chooses with one seeded half of the images and its export is scored
     on the other half, then the halves swap; the mean is the rule's held-out score. Choosing a rule uses this.
-  * the rule as search.py runs it (the whole held-out split chooses); the export's test top-1 is printed for the
-    report, and whether the exports are different archs with rising MFLOPs and rising held-out and test top-1.
+  * the rule as search.py runs it (the whole held-out split chooses, with the search's own held-out top-1 from
+    pareto.json and the re-measured per-image results for the paired errors); the export's test top-1 is printed
+    for the report, and whether the exports are different archs with rising MFLOPs and rising held-out and test
+    top-1.
 
     python bench/export_choice.py runs/demo4s0 runs/demo4s1 runs/demo4s2 --tie-z 0,0.5,1,2
 """
@@ -100,7 +102,8 @@ def replay(run: dict[str, Any], tie_z: float, folds: int, seed: int) -> dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="search.py --out directories, or demo output directories")
-    p.add_argument("--tie-z", default="0,0.5,1,2", help="comma-separated tie_z values to replay (0: today's rule)")
+    p.add_argument("--tie-z", default="0,0.5,1,2", help="comma-separated tie_z values to replay (0: the best measured top-1 wins; search.py's "
+                   "default is 1)")
     p.add_argument("--folds", type=int, default=2, help="held-out folds: choose on the rest, score on one")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
     p.add_argument("--data-root", help="dataset root (default: each checkpoint config's data.root)")
