@@ -42,7 +42,7 @@ def search_dir(path: Path) -> Path:
     for d in (path, path / "search"):
         if (d / "search.json").is_file() and (d / "pareto.json").is_file():
             return d
-    raise SystemExit(f"{path}: no search.json and pareto.json here or in {path / 'search'} (a search.py --out?)")
+    raise ValueError(f"{path}: no search.json and pareto.json here or in {path / 'search'} (a search.py --out?)")
 
 
 def remeasure(d: Path, data_root: str | None) -> dict[str, Any]:
@@ -57,8 +57,8 @@ def remeasure(d: Path, data_root: str | None) -> dict[str, Any]:
                             calib_batch_size=int(data_cfg.get("batch_size") or 128))  # as search.py's default
     data = selection_data(splits, options, torch.device("cpu"))
     if data.rerank_images != summary["rerank_holdout_images"]:
-        raise SystemExit(f"{d}: the search re-ranked on {summary['rerank_holdout_images']} held-out images; this "
-                         f"script replays whole-split searches only")
+        raise ValueError(f"{d}: the search re-ranked on {summary['rerank_holdout_images']} held-out images (search.py "
+                         f"--holdout-size); this script replays whole-split searches only")
     archs = [Arch.from_dict(r["arch"]) for r in rows]
     test = build_loader(splits.test, options.eval_batch_size, train=False)
     held = measure_archs(supernet, archs, data.calib, data.holdout, progress=False, channels_last=True,
@@ -124,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {environment_summary()}")
     runs = {}
     for path in args.dirs:
-        d = search_dir(path)
-        runs[str(path)] = run = remeasure(d, args.data_root)
+        try:
+            runs[str(path)] = run = remeasure(search_dir(path), args.data_root)
+        except ValueError as e:  # a directory this script cannot replay: a usage error (exit 2)
+            p.error(str(e))
         print(f"{path}: {len(run['rows'])} measured archs, budgets {', '.join(f'{b:g}' for b in run['budgets'])}; "
               f"re-measured held-out top-1 differs from pareto.json by at most {run['mismatch']:.4f}", flush=True)
     totals = {}

@@ -300,6 +300,9 @@ def test_export_choice_bench_replays_the_search(checkpoint, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             export_choice.main([str(out), "--tie-z", bad])
         assert exit_info.value.code == 2 and "--tie-z: give numbers >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        export_choice.main([str(tmp_path)])
+    assert exit_info.value.code == 2 and f"{tmp_path}: no search.json and pareto.json here" in capsys.readouterr().err
 
 
 def test_cli_export_arch(checkpoint, tmp_path):
