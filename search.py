@@ -25,7 +25,7 @@ from attentive.fileio import BadFileError, check_output_dir
 from attentive.flops import count_flops
 from attentive.report import format_summary
 from attentive.scoring import predictor_scorer
-from attentive.select import (SearchObjective, SelectOptions, check_select_budgets, checkpoint_provenance,
+from attentive.select import (SearchObjective, SelectOptions, check_select_budgets, check_tie_z, checkpoint_provenance,
                               export_arch, latency_cost, load_latency_table, load_search_checkpoint, pair_budgets,
                               read_arch_file, search_and_select)
 from attentive.space import SearchSpace
@@ -119,9 +119,10 @@ def check_args(args: argparse.Namespace) -> None:
     for name, minimum in minimums.items():
         if (v := getattr(args, name)) is not None and v < minimum:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
-    if not (math.isfinite(args.tie_z) and args.tie_z >= 0):
-        raise UsageError(f"--tie-z must be a finite number >= 0 (0: the best measured top-1 always wins), got "
-                         f"{args.tie_z}")
+    try:
+        check_tie_z(args.tie_z, "--tie-z")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.max_mflops is not None and not (math.isfinite(args.max_mflops) and args.max_mflops > 0):
         raise UsageError(f"--max-mflops must be a positive number, got {args.max_mflops}")
 

@@ -112,6 +112,13 @@ class Budget:
             (self.latency_ms is None or row[LATENCY] <= self.latency_ms)
 
 
+def check_tie_z(tie_z: float, name: str = "tie_z") -> float:
+    """`tie_z` itself; ValueError (naming it as `name`, e.g. a command-line flag) unless it is finite and >= 0."""
+    if not (math.isfinite(tie_z) and tie_z >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (0: the best measured top-1 always wins), got {tie_z}")
+    return tie_z
+
+
 def as_budget(budget: float | Budget) -> Budget:
     """A plain number is a FLOPs budget."""
     return budget if isinstance(budget, Budget) else Budget(mflops=float(budget))
@@ -147,9 +154,7 @@ class SelectOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.tie_z) and self.tie_z >= 0):  # refused before any search or measurement
-            raise ValueError(f"tie_z must be a finite number >= 0 (0: the best measured top-1 always wins), got "
-                             f"{self.tie_z}")
+        check_tie_z(self.tie_z)  # refused before any search or measurement
 
 
 @dataclass
@@ -445,8 +450,7 @@ def choose_per_budget(measured: Sequence[Mapping[str, Any]], budgets: Sequence[f
     and the front rises with cost where measurements can resolve it (docs/results.md, "Which measured arch to
     export"). Raises ValueError naming a budget that no candidate fits, and for `tie_z` > 0 without `correct`
     for every candidate."""
-    if not (math.isfinite(tie_z) and tie_z >= 0):
-        raise ValueError(f"tie_z must be a finite number >= 0 (0: the best measured top-1 always wins), got {tie_z}")
+    check_tie_z(tie_z)
     chosen = {}
     for b in budgets:
         budget = as_budget(b)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +32,8 @@ from attentive.cpu_runtime import tune_cpu_runtime  # noqa: E402
 from attentive.data import build_loader, datasets_from_config  # noqa: E402
 from attentive.environment import environment_summary  # noqa: E402
 from attentive.measure import measure_archs  # noqa: E402
-from attentive.select import SelectOptions, choose_per_budget, load_search_checkpoint, selection_data  # noqa: E402
+from attentive.select import (SelectOptions, check_tie_z, choose_per_budget, load_search_checkpoint,  # noqa: E402
+                              selection_data)
 from attentive.space import Arch  # noqa: E402
 
 
@@ -102,18 +102,16 @@ def replay(run: dict[str, Any], tie_z: float, folds: int, seed: int) -> dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="search.py --out directories, or demo output directories")
-    p.add_argument("--tie-z", default="0,0.5,1,2", help="comma-separated tie_z values to replay (0: the best measured top-1 wins; search.py's "
-                   "default is 1)")
+    p.add_argument("--tie-z", default="0,0.5,1,2", help="comma-separated tie_z values to replay (0: the best "
+                   "measured top-1 wins; search.py's default is 1)")
     p.add_argument("--folds", type=int, default=2, help="held-out folds: choose on the rest, score on one")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
     p.add_argument("--data-root", help="dataset root (default: each checkpoint config's data.root)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     try:
-        zs = [float(z) for z in args.tie_z.split(",")]
+        zs = [check_tie_z(float(z)) for z in args.tie_z.split(",")]
     except ValueError:
-        zs = []
-    if not zs or not all(math.isfinite(z) and z >= 0 for z in zs):
         p.error(f"--tie-z: give numbers >= 0 separated by commas (0: the best measured top-1 wins), got "
                 f"{args.tie_z!r}")
     if args.folds < 2:
