@@ -120,6 +120,14 @@ def measurement_tag(checkpoint: Path, calib_batches: int, calib_batch_size: int,
     return tag if holdout_images is None else f"{tag};holdout_images={holdout_images}"
 
 
+def _options_tag(options: RetrainOptions, holdout_size: int | None) -> str:
+    """The measurement tag of rows measured with `options` on a held-out split of `holdout_size` images (None
+    when `options.holdout_images` is None: the whole split, whatever its size)."""
+    images = options.holdout_images
+    return measurement_tag(options.checkpoint, options.calib_batches, options.calib_batch_size,
+                           None if images is None or holdout_size is None or images >= holdout_size else images)
+
+
 def _bad_rows(path: Path, error: ValueError) -> BadFileError:
     """attentive.measure's refusals (they start with the file and line) as a BadFileError naming the file once."""
     message, prefix = str(error), f"{path}, "
@@ -145,6 +153,13 @@ def collect_rows(options: RetrainOptions, supernet: Any, space: SearchSpace, exi
     ones and appending them. `splits` builds the checkpoint's data (only called when something is measured)."""
     data_path = options.data_path
     if len(existing) >= options.num_archs:
+        # Reused rows must have been measured as this run would measure them (checkpoint, calibration, images):
+        # labels of another setting are refused, as they are when resuming into the file, never mixed in.
+        tag = _options_tag(options, None if options.holdout_images is None else len(splits().holdout))
+        for line, row in enumerate(existing[: options.num_archs], 1):
+            if row.get("tag") != tag:
+                raise BadFileError(data_path, f"line {line}: measured under tag {row.get('tag')!r} (another "
+                                              f"checkpoint or setting), not {tag!r}; use another output file")
         log(f"reusing {options.num_archs} of {len(existing)} measured archs in {data_path}")
         return existing[: options.num_archs]
     have = {arch_key(Arch.from_dict(r["arch"])) for r in existing}
@@ -157,8 +172,7 @@ def collect_rows(options: RetrainOptions, supernet: Any, space: SearchSpace, exi
     if options.holdout_images is not None and options.holdout_images < len(holdout):
         holdout = Subset(holdout, range(options.holdout_images))  # a seeded random subset: so are its first K
     loader = build_loader(holdout, options.batch_size, train=False)
-    tag = measurement_tag(options.checkpoint, options.calib_batches, options.calib_batch_size,
-                          None if holdout is data.holdout else len(holdout))
+    tag = _options_tag(options, len(data.holdout))
     log(f"measuring {len(todo)} archs on {len(holdout)} held-out training images -> {data_path}")
     try:
         new_rows = measure_archs(supernet, todo, calib, loader, device=options.device, out_path=data_path,

@@ -540,6 +540,38 @@ def test_retrain_cli_refuses_foreign_and_corrupt_measured_files_by_name(checkpoi
     assert len(_lines(other_tag)) == 1
 
 
+def test_retrain_reuses_measured_rows_only_of_its_own_setting(checkpoint, tiny, tmp_path, capsys, monkeypatch):
+    archs = stratified_archs(tiny, 20, np.random.default_rng(0))
+    top1 = np.linspace(80, 90, len(archs))
+    whole = measurement_tag(checkpoint, 10, 64)  # RetrainOptions' calibration defaults, the whole held-out split
+    data = tmp_path / "rows.jsonl"
+    _write_rows(data, tiny, archs, top1, tag=whole)
+    existing = compare.read_measured(data, tiny)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("enough rows were measured: nothing is measured again")
+
+    monkeypatch.setattr(compare, "measure_archs", no_measuring)
+    splits = datasets_from_config(torch.load(checkpoint, weights_only=True)["config"]["data"], num_classes=10)
+    assert len(splits.holdout) == 16
+
+    def collect(**changes):
+        options = RetrainOptions(checkpoint=checkpoint, num_archs=20, out=tmp_path, data=data, progress=False,
+                                 **changes)
+        return compare.collect_rows(options, None, tiny, existing, lambda: splits)
+
+    assert [r["top1"] for r in collect()] == pytest.approx(top1)  # the same setting: reused as they are
+    assert len(collect(holdout_images=100)) == 20  # more images than the split has: the whole split, reused
+    for changes, reason in (({"calib_batches": 4}, "calib=4x64"), ({"holdout_images": 8}, "holdout_images=8")):
+        with pytest.raises(BadFileError, match=f"line 1: measured under tag '{whole}'.*{reason}"):
+            collect(**changes)
+    # The CLI: exit 2 naming the file, the file left as it was.
+    argv = ["--checkpoint", str(checkpoint), "--num-archs", "20", "--out", str(tmp_path / "out"), "--data", str(data),
+            "--calib-batches", "4", "--no-progress"]
+    _bad_file_refused(capsys, argv, data, f"line 1: measured under tag '{whole}'")
+    assert len(_lines(data)) == 20
+
+
 def test_retrain_calibrates_on_plain_images_of_the_checkpoint_splits(checkpoint, tiny, tmp_path, monkeypatch):
     data = torch.load(checkpoint, weights_only=True)["config"]["data"]
     assert "augment" not in data  # so the config default applies: basic, augmented training images
