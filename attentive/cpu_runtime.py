@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import platform
 
+import torch
+
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -56,3 +58,14 @@ def tune_cpu_runtime() -> None:
     """Both settings above; call at the start of a command, before any tensor work. Harmless on a GPU run."""
     keep_freed_memory()
     enlarge_primitive_cache()
+
+
+def use_channels_last(device: torch.device | str, setting: bool | str | None = "auto") -> bool:
+    """Whether nets on `device` run in channels_last memory format: `setting` when it is a bool; "auto" (or None):
+    on a CPU, where oneDNN's NHWC convolutions are ~2x faster for these nets, and not on CUDA. The one place that
+    default lives, for training, measuring, search and the benches."""
+    if isinstance(setting, bool):
+        return setting
+    if setting not in ("auto", None):
+        raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
+    return torch.device(device).type == "cpu"

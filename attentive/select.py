@@ -40,6 +40,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from .checkpoint import load_supernet
+from .cpu_runtime import use_channels_last
 from .data import DataSplits, build_loader, calibration_batches
 from .export import export_subnet
 from .fileio import atomic_directory
@@ -308,7 +309,7 @@ def selection_data(splits: DataSplits, options: SelectOptions, device: torch.dev
     rerank = build_loader(rerank_set, options.eval_batch_size, train=False)
     return SelectionData(calib=calib, rerank=rerank, holdout=holdout, test=test, rerank_images=len(rerank_set),
                          holdout_images=len(splits.holdout), test_images=len(splits.test),
-                         channels_last=torch.device(device).type == "cpu")
+                         channels_last=use_channels_last(device))
 
 
 def checkpoint_provenance(checkpoint: str | Path, ckpt: Mapping[str, Any], options: SelectOptions) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 from .calibration import preserved_bn_state
 from .checkpoint import LAST_NAME
 from .config import ELASTIC_FIELDS, save_config
+from .cpu_runtime import use_channels_last
 from .data import build_loader, calibration_batches, datasets_from_config, set_loader_epoch
 from .distributed import DistEnv, all_gather_json, all_reduce_mean, all_reduce_sum, broadcast_json, broadcast_module
 from .environment import ENVIRONMENT_NAME, describe_environment, record_start
@@ -142,7 +143,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
             torch.manual_seed(seed)
             model = Supernet(self.space, num_classes=self.num_classes, seed=seed)
-        self.channels_last = (self.device.type == "cpu") if cfg["channels_last"] == "auto" else cfg["channels_last"]
+        self.channels_last = use_channels_last(self.device, cfg["channels_last"])
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         broadcast_module(self.model, env)  # identical replicas even if init differed somewhere

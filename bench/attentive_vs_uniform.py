@@ -213,6 +213,7 @@ class Evaluator:
     """Test top-1 of archs inside each run's supernet, BN recalibrated on fixed training batches."""
 
     def __init__(self, cfg: dict, args: argparse.Namespace, calib_batches: int, eval_size: int | None) -> None:
+        from attentive.cpu_runtime import use_channels_last
         from attentive.data import build_loader, calibration_batches, datasets_from_config
         from attentive.space import load_space
 
@@ -221,7 +222,7 @@ class Evaluator:
         self.data = datasets_from_config(d, num_classes=self.space.num_classes)
         self.num_classes = self.data.num_classes
         self.device = eval_device(cfg["device"])
-        self.channels_last = (self.device.type == "cpu") if cfg["channels_last"] == "auto" else cfg["channels_last"]
+        self.channels_last = use_channels_last(self.device, cfg["channels_last"])
         self.calib = calibration_batches(self.data, d["batch_size"], calib_batches, seed=args.calib_seed)
         test = seeded_subset(self.data.test, eval_size, seed=args.calib_seed)
         self.num_test = len(test)

@@ -115,12 +115,13 @@ def measure(supernet: Any, plan: list, calib: list, loader: Any, device: Any, nu
     import torch
     from tqdm import tqdm
 
+    from attentive.cpu_runtime import use_channels_last
     from attentive.evaluate import evaluate_arch
     from attentive.flops import count_flops
     from attentive.probe import base_arch, shortcut_changes
 
     space = supernet.space
-    channels_last = device.type == "cpu"  # ~2x faster convs on CPU, same numbers
+    channels_last = use_channels_last(device)
     if channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     top1: dict[str, float] = {}

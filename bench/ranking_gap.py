@@ -323,6 +323,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     from attentive.checkpoint import load_supernet
     from attentive.data import build_loader, calibration_batches, datasets_from_config
+    from attentive.cpu_runtime import use_channels_last
     from attentive.flops import count_flops
     from attentive.distributed import resolve_device
     from attentive.fileio import BadFileError
@@ -343,7 +344,7 @@ def _experiment(args: argparse.Namespace) -> int:
     data = datasets_from_config(d, num_classes=space.num_classes, root=args.data_root or None)
     if data.num_classes != num_classes:
         raise SystemExit(f"error: the checkpoint has {num_classes} classes, its data {data.num_classes}")
-    channels_last = device.type == "cpu"
+    channels_last = use_channels_last(device)
     batch_size = args.batch_size or d["batch_size"]
     lr = cfg["optim"]["lr"] if args.lr is None else args.lr
     weight_decay = cfg["optim"]["weight_decay"] if args.weight_decay is None else args.weight_decay

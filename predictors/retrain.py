@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from attentive.cpu_runtime import tune_cpu_runtime
+from attentive.cpu_runtime import tune_cpu_runtime, use_channels_last
 from attentive.distributed import resolve_device
 from attentive.fileio import BadFileError
 
@@ -56,8 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--holdout-images", type=int, default=None,
                    help="measure on only the first K images of the held-out split (default: all of it)")
-    p.add_argument("--channels-last", action="store_true", help="measure in channels_last memory format "
-                   "(often ~2x faster on CPU for these nets)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure in channels_last memory format (default: on a CPU, where it is ~2x faster for these "
+                   "nets, as train.py and search.py measure; off on CUDA)")
     p.add_argument("--proxies", type=_name_list, default=[],
                    help="training-free proxies to rank the measured archs with (ntk, ntk_exact, grad_norm, synflow); "
                    "ntk_exact costs one backward pass per image and class")
@@ -99,7 +100,8 @@ def options_from_args(args: argparse.Namespace) -> RetrainOptions:
     return RetrainOptions(
         checkpoint=args.checkpoint, num_archs=args.num_archs, out=args.out, data=args.data, holdout=args.holdout,
         seed=args.seed, device=device, calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
-        batch_size=args.batch_size, holdout_images=args.holdout_images, channels_last=args.channels_last,
+        batch_size=args.batch_size, holdout_images=args.holdout_images,
+        channels_last=use_channels_last(device, args.channels_last),
         proxies=tuple(args.proxies), proxy_batch_size=args.proxy_batch_size, sizes=tuple(args.sizes),
         repeats=args.repeats, tune=args.tune, progress=not args.no_progress)
 

@@ -499,6 +499,16 @@ def _bad_file_refused(capsys, argv, path, reason):
     assert code == 2 and f"python -m predictors.retrain: error: {path}: " in err and reason in err, err
 
 
+def test_retrain_measures_channels_last_on_cpu_unless_told(checkpoint, tmp_path):
+    from predictors.retrain import get_args_parser, options_from_args
+
+    base = ["--checkpoint", str(checkpoint), "--num-archs", "20", "--out", str(tmp_path)]
+    parse = get_args_parser().parse_args
+    assert options_from_args(parse(base)).channels_last is True  # --device cpu by default: as search.py measures
+    assert options_from_args(parse([*base, "--no-channels-last"])).channels_last is False
+    assert options_from_args(parse([*base, "--channels-last"])).channels_last is True
+
+
 def test_retrain_cli_refuses_bad_checkpoints_by_name(checkpoint, tiny, tmp_path, capsys):
     argv = ["--num-archs", "20", "--out", str(tmp_path / "out"), "--no-progress"]
     missing = tmp_path / "missing.pt"

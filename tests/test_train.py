@@ -514,6 +514,22 @@ def test_keep_freed_memory_is_a_no_op_outside_glibc(monkeypatch):
     assert cpu_runtime.keep_freed_memory() is False
 
 
+@pytest.mark.parametrize("device, setting, expected", [
+    ("cpu", "auto", True), ("cpu", None, True), (torch.device("cpu"), "auto", True), ("cuda", "auto", False),
+    ("cuda:1", None, False), ("cpu", False, False), ("cuda", True, True)])
+def test_channels_last_is_on_for_cpu_unless_set(device, setting, expected):
+    from attentive.cpu_runtime import use_channels_last
+
+    assert use_channels_last(device, setting) is expected
+
+
+def test_channels_last_setting_must_be_a_bool_or_auto():
+    from attentive.cpu_runtime import use_channels_last
+
+    with pytest.raises(ValueError, match="channels_last must be true, false or 'auto', got 'yes'"):
+        use_channels_last("cpu", "yes")
+
+
 def test_primitive_cache_capacity_is_set_unless_the_user_chose_one(monkeypatch):
     from attentive import cpu_runtime
 
