@@ -1,6 +1,7 @@
-"""The demo's report (attentive.demo): the summary table and the notes on tied exports."""
+"""The demo (attentive.demo): its stages' commands, the summary table and the notes on tied exports."""
 import json
 
+from attentive import demo
 from attentive.demo import choice_notes, summarize, write_report
 
 
@@ -26,3 +27,21 @@ def test_report_explains_an_export_tied_with_a_smaller_best(tmp_path):
     assert table.splitlines()[2] == "| subnet_3mflops | 3 | 2.95 | 0.300 | 90.97 | 90.13 |"
     report = write_report(tmp_path, table, {"training": 60.0}).read_text()
     assert f"- {notes[0]}\n" in report and "training 1.0 min" in report
+
+
+def test_predictor_labels_are_measured_as_the_search_measures_its_candidates(tmp_path):
+    """The predictor stage measures its archs with the search's BN calibration, on the whole held-out split, so
+    the predictor learns the numbers the search then compares (labels on fewer images were noisier)."""
+    import search as search_cli
+    from predictors.retrain import get_args_parser as retrain_parser
+
+    args = demo.get_args_parser().parse_args(["--out", str(tmp_path)])
+    commands = {name: cmd for name, _, cmd, _ in demo.stages(args, tmp_path, "python")}
+    assert list(commands) == ["training", "predictor", "search"]
+    retrain = retrain_parser().parse_args(commands["predictor"][3:])
+    search = search_cli.get_args_parser().parse_args(commands["search"][2:])
+    assert (retrain.calib_batches, retrain.calib_batch_size) == (search.calib_batches, search.calib_batch_size) \
+        == (8, 128)
+    assert retrain.holdout_images is None and search.holdout_size is None  # the whole held-out split, both
+    assert str(retrain.checkpoint) == search.checkpoint == str(tmp_path / "train" / "last.pt")
+    assert str(retrain.out) == search.predictor == str(tmp_path / "predictor")
