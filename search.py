@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from attentive.cpu_runtime import tune_cpu_runtime
-from attentive.data import DataSplits, datasets_from_config
+from attentive.data import DEFAULT_CALIB_BATCHES, DataSplits, datasets_from_config, default_calib_batch_size
 from attentive.distributed import resolve_device
 from attentive.fileio import BadFileError, check_output_dir
 from attentive.flops import count_flops
@@ -88,7 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--generations", type=int, help="evolution generations (default: 24; 4 with --proxy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
-    p.add_argument("--calib-batches", type=int, default=16, help="BN recalibration batches of training images")
+    p.add_argument("--calib-batches", type=int, default=DEFAULT_CALIB_BATCHES,
+                   help="BN recalibration batches of training images (measure the predictor's labels alike)")
     p.add_argument("--calib-batch-size", type=int, help="images per BN calibration batch (default: batch_size or 128)")
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--holdout-size", type=int, help="held-out images that re-rank candidates (default: all); "
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace, objective: SearchObjective | None = None) -> d
     options = SelectOptions(
         budgets=tuple(budgets), top_k=args.top_k, front_measure=args.front_measure, population=args.population,
         generations=args.generations, seed=args.seed, calib_batches=args.calib_batches,
-        calib_batch_size=args.calib_batch_size or int(ckpt["config"]["data"].get("batch_size") or 128),
+        calib_batch_size=args.calib_batch_size or default_calib_batch_size(ckpt["config"]["data"]),
         eval_batch_size=args.eval_batch_size, holdout_size=args.holdout_size, tie_z=args.tie_z, onnx=not args.no_onnx,
         progress=not args.no_progress)
     provenance = checkpoint_provenance(args.checkpoint, ckpt, options)

@@ -459,6 +459,17 @@ def set_loader_epoch(loader: DataLoader, epoch: int, *, skip_batches: int = 0) -
         dataset.set_epoch(epoch)
 
 
+# BN recalibration before measuring a subnet: the search's candidates and exports, and the predictor's labels,
+# measured alike by default (labels measured otherwise than the search measures cost the demo's exports 0.36
+# test points: docs/results.md, "The predictor's labels").
+DEFAULT_CALIB_BATCHES = 16
+
+
+def default_calib_batch_size(data_cfg: Mapping[str, Any]) -> int:
+    """Images per calibration batch unless given: the training batch size of the data config, else 128."""
+    return int(data_cfg.get("batch_size") or 128)
+
+
 def calibration_batches(splits: DataSplits, batch_size: int, num_batches: int, seed: int = 0) -> list[Tensor]:
     """``num_batches`` image batches (no labels) for BN recalibration, drawn from the un-augmented training
     images ``splits.train_plain`` by a seeded permutation (repeated if the split is smaller than the request):

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .checkpoint import load_supernet
 from .cpu_runtime import use_channels_last
-from .data import DataSplits, build_loader, calibration_batches
+from .data import DEFAULT_CALIB_BATCHES, DataSplits, build_loader, calibration_batches
 from .export import export_subnet
 from .fileio import atomic_directory
 from .fileio import BadFileError
@@ -146,7 +146,7 @@ class SelectOptions:
     population: int | None = None  # evolution and front population (default: the search's, or SMALL_* if expensive)
     generations: int | None = None
     seed: int = 0
-    calib_batches: int = 16
+    calib_batches: int = DEFAULT_CALIB_BATCHES
     calib_batch_size: int = 128
     eval_batch_size: int = 256
     holdout_size: int | None = None  # held-out images used to re-rank (None: the whole held-out split)

@@ -13,7 +13,7 @@ import hashlib
 import io
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +23,8 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset, Subset
 
 from attentive.checkpoint import load_supernet
-from attentive.data import DataSplits, build_loader, calibration_batches, datasets_from_config
+from attentive.data import (DEFAULT_CALIB_BATCHES, DataSplits, build_loader, calibration_batches, datasets_from_config,
+                            default_calib_batch_size)
 from attentive.environment import describe_environment
 from attentive.fileio import BadFileError, json_safe, write_bytes_atomic, write_json_atomic
 from attentive.flops import count_flops_batch
@@ -62,8 +63,8 @@ class RetrainOptions:
     holdout: float = 0.2  # fraction of the measured archs held out
     seed: int = 0  # arch selection, arch split, model fits, proxy inits
     device: torch.device = torch.device("cpu")  # attentive.distributed.resolve_device's result
-    calib_batches: int = 10  # BN calibration batches per arch
-    calib_batch_size: int = 64
+    calib_batches: int = DEFAULT_CALIB_BATCHES  # BN calibration batches per arch, as search.py measures
+    calib_batch_size: int | None = None  # None: the checkpoint's training batch size (else 128), as search.py
     batch_size: int = 256  # evaluation batch size
     holdout_images: int | None = None  # measure on only the first K held-out images (None: all)
     channels_last: bool = False
@@ -123,6 +124,8 @@ def measurement_tag(checkpoint: Path, calib_batches: int, calib_batch_size: int,
 def _options_tag(options: RetrainOptions, holdout_size: int | None) -> str:
     """The measurement tag of rows measured with `options` on a held-out split of `holdout_size` images (None
     when `options.holdout_images` is None: the whole split, whatever its size)."""
+    if options.calib_batch_size is None:
+        raise ValueError("calib_batch_size is None: retrain() sets it from the checkpoint's data config first")
     images = options.holdout_images
     return measurement_tag(options.checkpoint, options.calib_batches, options.calib_batch_size,
                            None if images is None or holdout_size is None or images >= holdout_size else images)
@@ -270,6 +273,9 @@ def retrain(options: RetrainOptions, log: Log = _silent) -> RetrainResult:
     measured-archs file or checkpoint data config that cannot be used; ValueError for options out of range."""
     num_train, num_held = split_sizes(options.num_archs, options.holdout)
     supernet, ckpt = load_supernet(options.checkpoint, map_location=options.device)
+    if options.calib_batch_size is None:
+        data_cfg = ckpt.get("config", {}).get("data") if isinstance(ckpt.get("config"), dict) else None
+        options = replace(options, calib_batch_size=default_calib_batch_size(data_cfg or {}))
     space = supernet.space
     supernet.eval()
     if options.channels_last:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from attentive.cpu_runtime import tune_cpu_runtime, use_channels_last
+from attentive.data import DEFAULT_CALIB_BATCHES
 from attentive.distributed import resolve_device
 from attentive.fileio import BadFileError
 
@@ -51,8 +52,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of the measured archs held out")
     p.add_argument("--seed", type=int, default=0, help="arch selection, arch split, model fits, proxy inits")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--calib-batches", type=int, default=10, help="BN calibration batches per arch")
-    p.add_argument("--calib-batch-size", type=int, default=64)
+    p.add_argument("--calib-batches", type=int, default=DEFAULT_CALIB_BATCHES,
+                   help="BN calibration batches per arch (search.py's default: the labels are measured as the search "
+                   "measures its candidates)")
+    p.add_argument("--calib-batch-size", type=int, default=None,
+                   help="images per calibration batch (default: the checkpoint's training batch size, else 128, as "
+                   "search.py)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--holdout-images", type=int, default=None,
                    help="measure on only the first K images of the held-out split (default: all of it)")

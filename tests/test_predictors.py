@@ -509,6 +509,37 @@ def test_retrain_measures_channels_last_on_cpu_unless_told(checkpoint, tmp_path)
     assert options_from_args(parse([*base, "--channels-last"])).channels_last is True
 
 
+def test_retrain_calibrates_as_search_does_by_default(checkpoint, tmp_path, monkeypatch):
+    """Without calibration flags the labels are measured with search.py's defaults: DEFAULT_CALIB_BATCHES batches
+    of the checkpoint's training batch size (128 when its config has none)."""
+    import search as search_cli
+    from attentive.data import DEFAULT_CALIB_BATCHES, default_calib_batch_size
+    from predictors.retrain import get_args_parser, options_from_args
+
+    assert (default_calib_batch_size({"batch_size": 32}), default_calib_batch_size({})) == (32, 128)
+    base = ["--checkpoint", str(checkpoint), "--num-archs", "20", "--out", str(tmp_path)]
+    search_args = search_cli.get_args_parser().parse_args(["--checkpoint", "c.pt", "--budgets", "5", "--out", "o"])
+    options = options_from_args(get_args_parser().parse_args(base))
+    assert options.calib_batches == search_args.calib_batches == DEFAULT_CALIB_BATCHES
+    assert options.calib_batch_size is None and search_args.calib_batch_size is None  # both: from the checkpoint
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(options, *args, **kwargs):
+        seen["options"] = options
+        raise Stop
+
+    collect_rows = compare.collect_rows
+    monkeypatch.setattr(compare, "collect_rows", capture)
+    with pytest.raises(Stop):
+        compare.retrain(options)
+    assert (seen["options"].calib_batches, seen["options"].calib_batch_size) == (DEFAULT_CALIB_BATCHES, 128)
+    with pytest.raises(ValueError, match="calib_batch_size is None"):  # the library never tags rows unresolved
+        collect_rows(options, None, None, [{}] * 20, lambda: None)
+
+
 def test_retrain_cli_refuses_bad_checkpoints_by_name(checkpoint, tiny, tmp_path, capsys):
     argv = ["--num-archs", "20", "--out", str(tmp_path / "out"), "--no-progress"]
     missing = tmp_path / "missing.pt"
@@ -553,7 +584,7 @@ def test_retrain_cli_refuses_foreign_and_corrupt_measured_files_by_name(checkpoi
 def test_retrain_reuses_measured_rows_only_of_its_own_setting(checkpoint, tiny, tmp_path, capsys, monkeypatch):
     archs = stratified_archs(tiny, 20, np.random.default_rng(0))
     top1 = np.linspace(80, 90, len(archs))
-    whole = measurement_tag(checkpoint, 10, 64)  # RetrainOptions' calibration defaults, the whole held-out split
+    whole = measurement_tag(checkpoint, 10, 64)  # the whole held-out split
     data = tmp_path / "rows.jsonl"
     _write_rows(data, tiny, archs, top1, tag=whole)
     existing = compare.read_measured(data, tiny)
@@ -567,7 +598,7 @@ def test_retrain_reuses_measured_rows_only_of_its_own_setting(checkpoint, tiny, 
 
     def collect(**changes):
         options = RetrainOptions(checkpoint=checkpoint, num_archs=20, out=tmp_path, data=data, progress=False,
-                                 **changes)
+                                 **{"calib_batches": 10, "calib_batch_size": 64, **changes})
         return compare.collect_rows(options, None, tiny, existing, lambda: splits)
 
     assert [r["top1"] for r in collect()] == pytest.approx(top1)  # the same setting: reused as they are
@@ -577,7 +608,7 @@ def test_retrain_reuses_measured_rows_only_of_its_own_setting(checkpoint, tiny, 
             collect(**changes)
     # The CLI: exit 2 naming the file, the file left as it was.
     argv = ["--checkpoint", str(checkpoint), "--num-archs", "20", "--out", str(tmp_path / "out"), "--data", str(data),
-            "--calib-batches", "4", "--no-progress"]
+            "--calib-batches", "4", "--calib-batch-size", "64", "--no-progress"]
     _bad_file_refused(capsys, argv, data, f"line 1: measured under tag '{whole}'")
     assert len(_lines(data)) == 20
 
