@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attentive.cpu_runtime import tune_cpu_runtime  # noqa: E402
-from attentive.data import build_loader, datasets_from_config  # noqa: E402
+from attentive.data import build_loader, datasets_from_config, default_calib_batch_size  # noqa: E402
 from attentive.environment import environment_summary  # noqa: E402
 from attentive.measure import measure_archs  # noqa: E402
 from attentive.select import (SelectOptions, check_tie_z, choose_per_budget, load_search_checkpoint,  # noqa: E402
@@ -54,16 +54,17 @@ def remeasure(d: Path, data_root: str | None) -> dict[str, Any]:
     data_cfg = ckpt["config"]["data"]
     splits = datasets_from_config(data_cfg, supernet.num_classes, data_root)
     options = SelectOptions(seed=export["seed"], calib_batches=export["calib_batches"],
-                            calib_batch_size=int(data_cfg.get("batch_size") or 128))  # as search.py's default
+                            calib_batch_size=default_calib_batch_size(data_cfg))  # as search.py's default
     data = selection_data(splits, options, torch.device("cpu"))
     if data.rerank_images != summary["rerank_holdout_images"]:
         raise ValueError(f"{d}: the search re-ranked on {summary['rerank_holdout_images']} held-out images (search.py "
                          f"--holdout-size); this script replays whole-split searches only")
     archs = [Arch.from_dict(r["arch"]) for r in rows]
     test = build_loader(splits.test, options.eval_batch_size, train=False)
-    held = measure_archs(supernet, archs, data.calib, data.holdout, progress=False, channels_last=True,
+    held = measure_archs(supernet, archs, data.calib, data.holdout, progress=False, channels_last=data.channels_last,
                          keep_correct=True)
-    tested = measure_archs(supernet, archs, data.calib, test, progress=False, channels_last=True, keep_correct=True)
+    tested = measure_archs(supernet, archs, data.calib, test, progress=False, channels_last=data.channels_last,
+                           keep_correct=True)
     mismatch = max(abs(h["top1"] - r["holdout_top1"]) for h, r in zip(held, rows))
     budgets = [float(b) for b in summary["budgets"]]
     return {"rows": rows, "holdout": {r["id"]: h["correct"] for r, h in zip(rows, held)},
