@@ -4,7 +4,11 @@ For the max, min and a middle arch of both spaces (and AttentiveNAS A0 in the Im
 forward+backward time of the subnet inside the supernet and of its extracted static net, same batch and threads,
 interleaved call by call in one run, over several rounds. Each round gives a ratio of medians
 (supernet / static; goal <= 1.03); the table shows the median ratio over rounds and its min..max (the
-run-to-run spread). Gradients are zeroed between calls, outside the timed region, both ways training may do it:
+run-to-run spread), and the median of the paired ratios (each supernet call over the static call beside it, the
+order alternating from call to call so that neither side always runs first) with its 95% bootstrap interval:
+machine noise moves both calls of a pair alike, so this interval is narrower than the spread of rounds (it
+does not cover the drift between separate runs: docs/results.md). Gradients are zeroed between calls, outside the
+timed region, both ways training may do it:
 `zero_grad(set_to_none=False)` (the sandwich step's steady state: `.grad` stays allocated) and
 `set_to_none=True` (the supernet then allocates its full-size `.grad` in every backward, which a static net of
 the subnet's size does not have to). `--reference` also times the supernet with plain slicing (whose backward
@@ -110,24 +114,45 @@ def time_arch(supernet: Supernet, arch: Arch, batch: int, rounds: int, repeats: 
     for _ in range(2):  # warm-up each, and allocate the gradients that set_to_none=False keeps
         for run in contenders.values():
             run()
-    ratios: dict[str, list[float]] = {name: [] for name in contenders if name != "static"}
+    names = [name for name in contenders if name != "static"]
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    paired: dict[str, list[float]] = {name: [] for name in names}
     static_ms: list[float] = []
+    call = 0
     for _ in range(rounds):
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(repeats):  # call by call, so that machine noise hits every contender alike
-            for name, run in contenders.items():
+            order = list(contenders) if call % 2 == 0 else list(reversed(contenders))  # neither always first
+            call += 1
+            for name in order:
                 supernet.zero_grad(set_to_none=set_to_none)
                 static.zero_grad(set_to_none=set_to_none)
-                times[name].append(run())
+                times[name].append(contenders[name]())
+            for name in names:
+                paired[name].append(times[name][-1] / times["static"][-1])
         static_median = float(np.median(times["static"]))
         for name in ratios:
             ratios[name].append(float(np.median(times[name])) / static_median)
         static_ms.append(static_median * 1e3)
-    return {**ratios, "static_ms": static_ms}
+    return {**ratios, **{f"{name}_paired": values for name, values in paired.items()}, "static_ms": static_ms}
 
 
 def spread(values: list[float]) -> str:
     return f"{np.median(values):.3f} ({min(values):.3f}..{max(values):.3f})"
+
+
+def median_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The median of `values` and its 95% bootstrap interval (percentiles of the medians of resamples)."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values)
+    medians = np.median(v[rng.integers(0, len(v), (resamples, len(v)))], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(np.median(v)), float(low), float(high)
+
+
+def paired_text(values: list[float]) -> str:
+    median, low, high = median_interval(values)
+    return f"{median:.3f} [{low:.3f}..{high:.3f}]"
 
 
 def flops_throughput(space, n: int) -> float:
@@ -208,10 +233,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     runtime = "glibc/oneDNN defaults" if args.default_runtime else "train.py's CPU runtime settings"
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, channels_last={args.channels_last}, {runtime}, "
           f"tap weight gradient {'on' if args.tap_weight_grad else 'off'}, "
-          f"{args.rounds} rounds x {args.repeats} calls; ratio = supernet / extracted static net, "
-          f"median over rounds (min..max)")
+          f"{args.rounds} rounds x {args.repeats} calls; ratio = supernet / extracted static net: median over "
+          f"rounds (min..max), and paired: median of the call-by-call ratios [95% bootstrap interval]")
     header = f"{'space':<13}{'arch':<7}{'MFLOPs':>8}{'batch':>6}{'px':>5}  {'zero_grad':<18}{'static ms':>10}"
-    header += f"  {'sliced ratio':<22}" + (f"{'plain slicing ratio':<22}" if args.reference else "")
+    header += f"  {'sliced ratio':<22}{'sliced, paired':<22}"
+    header += f"{'plain slicing ratio':<22}{'plain, paired':<22}" if args.reference else ""
     print(header)
     for space in spaces:
         batch = args.batch or BATCH.get(space.name, 8)
@@ -223,9 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   args.channels_last)
                 line = (f"{space.name:<13}{label:<7}{count_flops(space, arch):>8.1f}{batch:>6}{arch.resolution:>5}"
                         f"  {f'set_to_none={set_to_none}':<18}{np.median(r['static_ms']):>10.1f}"
-                        f"  {spread(r['sliced']):<22}")
+                        f"  {spread(r['sliced']):<22}{paired_text(r['sliced_paired']):<22}")
                 if args.reference:
-                    line += f"{spread(r['plain']):<22}"
+                    line += f"{spread(r['plain']):<22}{paired_text(r['plain_paired']):<22}"
                 print(line, flush=True)
         del supernet
     print()

@@ -348,5 +348,24 @@ def test_supernet_speed_bench_leaves_the_tap_gradient_to_its_flag(taps, monkeypa
                          "--threads", str(torch.get_num_threads())] + (["--tap-weight-grad"] if taps else []))
     out = capsys.readouterr().out
     assert f"tap weight gradient {'on' if taps else 'off'}" in out
-    assert len(re.findall(r"^tiny +max .* set_to_none=(?:False|True) +[\d.]+ +[\d.]+ \(", out, flags=re.M)) == 2
+    row = r"^tiny +max .* set_to_none=(?:False|True) +[\d.]+ +[\d.]+ \([\d.]+\.\.[\d.]+\) +[\d.]+ \[[\d.]+\.\.[\d.]+\]"
+    assert len(re.findall(row, out, flags=re.M)) == 2
     assert (len(calls) > 0) == taps
+
+
+def test_supernet_speed_bench_pairs_every_call_and_bounds_the_median():
+    """The paired ratio: one per timed call (rounds x repeats), each the contender over the static call beside
+    it; its bootstrap interval holds the median and collapses when every pair agrees."""
+    import supernet_speed
+
+    import attentive
+
+    space = attentive.load_space("tiny")
+    supernet = attentive.Supernet(space).train()
+    r = supernet_speed.time_arch(supernet, space.min_arch(), batch=2, rounds=2, repeats=3, set_to_none=False,
+                                 reference=True, channels_last=False)
+    assert len(r["sliced_paired"]) == len(r["plain_paired"]) == 6 and len(r["sliced"]) == 2
+    assert all(v > 0 for v in r["sliced_paired"] + r["plain_paired"])
+    assert supernet_speed.median_interval([1.02] * 9) == (1.02, 1.02, 1.02)
+    median, low, high = supernet_speed.median_interval([0.9, 1.0, 1.0, 1.1, 1.3, 0.95, 1.05])
+    assert median == 1.0 and low <= median <= high and 0.9 <= low < high <= 1.3
