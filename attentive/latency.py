@@ -47,7 +47,8 @@ from .spec import BlockSpec, NetSpec, decode
 from .static import ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
 
 FORMAT = "attentive.latency_table"
-FORMAT_VERSION = 2  # 2: calibration (scale, per_part_ms) replaced the single per-call overhead_ms
+FORMAT_VERSION = 3  # 2: calibration (scale, per_part_ms) replaced the single per-call overhead_ms; 3: channel-pad
+# blocks export with constant pad amounts (attentive.layers.ChannelPad), so their entries in older tables are too slow
 RUNTIMES = ("onnxruntime", "torch")
 LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10

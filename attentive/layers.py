@@ -361,23 +361,28 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(s)
 
 
-def pad_channels(x: torch.Tensor, out_chs: int) -> torch.Tensor:
-    """The parameter-free shortcut: the leading `out_chs` channels of `x`, zero-padded when `x` has fewer."""
-    in_chs = x.shape[1]
+def pad_channels(x: torch.Tensor, out_chs: int, in_chs: int | None = None) -> torch.Tensor:
+    """The parameter-free shortcut: the leading `out_chs` channels of `x`, zero-padded when `x` has fewer.
+    `in_chs` (x's channel count, when the caller knows it) keeps the pad amounts constants in a traced or
+    exported graph instead of values computed from `x.shape` at run time."""
+    in_chs = x.shape[1] if in_chs is None else in_chs
     if out_chs <= in_chs:
         return x[:, :out_chs]
     return F.pad(x, (0, 0, 0, 0, 0, out_chs - in_chs))
 
 
 class ChannelPad(nn.Module):
-    """Static twin of the `channel_pad` shortcut (`pad_channels`); no parameters."""
+    """Static twin of the `channel_pad` shortcut (`pad_channels`); no parameters. Its channel counts are fixed,
+    so an exported net pads by constants: read from the input's shape, the amounts cost onnxruntime a dozen
+    shape ops per such block at every call (exported tiny-space nets ran 2-4% slower, docs/results.md)."""
 
-    def __init__(self, out_chs: int) -> None:
+    def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__()
+        self.in_chs = in_chs
         self.out_chs = out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pad_channels(x, self.out_chs)
+        return pad_channels(x, self.out_chs, self.in_chs)
 
 
 def drop_connect(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:

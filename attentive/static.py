@@ -86,7 +86,7 @@ class MBConvBlock(nn.Module):
         self.bn3 = layers.bn3
         self.shortcut_pool = nn.AvgPool2d(2, ceil_mode=True) if spec.shortcut_pool else nn.Identity()
         shortcuts = {"identity": nn.Identity, "conv": lambda: layers.shortcut_conv,
-                     "pad": lambda: ChannelPad(spec.out_chs)}
+                     "pad": lambda: ChannelPad(spec.in_chs, spec.out_chs)}
         self.shortcut_conv = shortcuts[spec.shortcut]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

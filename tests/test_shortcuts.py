@@ -165,3 +165,24 @@ def test_kernel_transform_is_identity_at_init_and_learns():
     b(x).sum().backward()
     first = dict(b.named_parameters())[names[0]]
     assert first.shape == (9, 9) and first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("out_chs", [24, 8])  # pad up, cut down
+def test_exported_channel_pad_pads_by_constants(out_chs):
+    """A static net's channel pad exports with constant amounts: no Shape ops (a dozen per block, run at every
+    call by onnxruntime when the amounts came from the input's shape), the same outputs as in torch."""
+    import onnx
+    import onnxruntime
+
+    from attentive.latency import onnx_bytes
+    from attentive.layers import ChannelPad
+
+    pad = ChannelPad(16, out_chs)
+    x = torch.randn(2, 16, 5, 5)
+    model = onnx_bytes(pad, x.shape)  # as exports and latency tables export it
+    ops = [node.op_type for node in onnx.load_from_string(model).graph.node]
+    assert "Shape" not in ops and ("Pad" in ops) == (out_chs > 16)
+    y = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert y.shape == (2, out_chs, 5, 5)
+    np.testing.assert_array_equal(y, pad(x).numpy())
+    assert torch.equal(pad(x)[:, :min(16, out_chs)], x[:, :out_chs]) and not pad(x)[:, 16:].any()
