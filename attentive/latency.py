@@ -15,6 +15,13 @@ measured end to end at build time; they also absorb what isolation gets wrong on
 own weights and input hot in cache). Measured on the tiny space, onnxruntime, 1 thread, with entries measured in
 groups (below): MAPE 2.9-3.3%, Kendall tau 0.91; one per-call constant gave 6.0%, 0.81 (docs/results.md).
 
+Isolation can also be wrong part by part: on an AVX-512 CPU, where onnxruntime runs convolutions in a blocked
+channel layout, parts cost otherwise inside a net by amounts that differ from part to part (tau 0.78-0.86 with
+the calibration alone). So each part also gets an in-context correction (`fit_corrections`): a ridge regression
+of what the calibration archs' end-to-end times leave unexplained on their part counts, each correction pulled
+towards 0 the harder the cheaper the part. With 400 calibration archs: tau 0.87-0.90, MAPE 3.2-3.6% there
+(against 0.81-0.83, 5.6% without, same table). A part the calibration archs never use keeps its calibrated cost.
+
 `predict_batch` evaluates that sum for many gene-index rows at once from per-stage lookup arrays (like
 `attentive.flops.count_flops_batch`): all blocks after the first in a stage are identical, so a stage costs
 `first + (depth - 1) * later`.
@@ -47,13 +54,15 @@ from .spec import BlockSpec, NetSpec, decode
 from .static import ConvBnAct, MBConvBlock, MobileNetV3Head, StaticNet
 
 FORMAT = "attentive.latency_table"
-FORMAT_VERSION = 3  # 2: calibration (scale, per_part_ms) replaced the single per-call overhead_ms; 3: channel-pad
-# blocks export with constant pad amounts (attentive.layers.ChannelPad), so their entries in older tables are too slow
+FORMAT_VERSION = 4  # 2: calibration (scale, per_part_ms) replaced the single per-call overhead_ms; 3: channel-pad
+# blocks export with constant pad amounts (attentive.layers.ChannelPad), so their entries in older tables are too slow;
+# 4: per-part in-context corrections
 RUNTIMES = ("onnxruntime", "torch")
 LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 100
-CALIBRATION_ARCHS = 20
+CALIBRATION_ARCHS = 400  # 200 gave tau 0.90, 400 0.91 on an AVX-512 CPU (docs/results.md); ~2 min for the tiny space
+CORRECTION_RIDGE = 1.0  # weight of the pull of each part's correction towards 0, relative to its cost
 ENTRY_GROUP = 24  # table entries measured together, taking turns (build_table)
 MEASURE_ROUNDS = 10  # end-to-end measurements of many archs take turns in this many rounds (measure_latencies)
 CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
@@ -368,8 +377,14 @@ class LatencyTable:
         self.scale: float = data["scale"]  # fitted calibration (fit_calibration): whole-net share of the entries
         self.per_part_ms: float = data["per_part_ms"]
         self.meta: dict[str, Any] = data["meta"]
-        self.entries: dict[str, float] = data["entries"]
+        self.entries: dict[str, float] = data["entries"]  # isolated, as measured
+        self.corrections: dict[str, float] = data["corrections"]  # in context (fit_corrections); absent: 0
         self._arrays = self._lookup_arrays()
+
+    def part_cost(self, key: str) -> float:
+        """A part's cost inside a net: its calibrated entry plus its in-context correction. An arch's predicted
+        latency is the sum over its parts less one `per_part_ms` (the call the whole net makes)."""
+        return self.scale * self.entries[key] + self.per_part_ms + self.corrections.get(key, 0.0)
 
     # ---- files -------------------------------------------------------------------------------------------------
     @classmethod
@@ -400,7 +415,7 @@ class LatencyTable:
         def grid(cells: dict[tuple[int, ...], Part], shape: tuple[int, ...]) -> np.ndarray:
             out = np.zeros(shape, dtype=np.float64)  # cells never used (no later block) stay 0; depth-1 = 0 there
             for ix, part in cells.items():
-                out[ix] = self.entries[part.key]
+                out[ix] = self.part_cost(part.key)
             return out
 
         sp, n = self.space, self.space.num_stages
@@ -435,7 +450,7 @@ class LatencyTable:
             k, e = idx[:, lay.k_off + s], idx[:, lay.e_off + s]
             depth = lay.depths[s][idx[:, lay.d_off + s]]
             total = total + a["first"][s][r, w[s], w[s + 1], k, e] + (depth - 1) * a["later"][s][r, w[s + 1], k, e]
-        return self.scale * total + self.per_part_ms * (part_counts(self.space, idx) - 1)
+        return total - self.per_part_ms
 
     def predict(self, arch: Arch | dict) -> float:
         """Predicted latency (ms) of one arch."""
@@ -443,18 +458,15 @@ class LatencyTable:
         return float(self.predict_batch(np.array([self.space.arch_to_indices(arch)], dtype=np.int64))[0])
 
     def predict_parts(self, arch: Arch | dict) -> list[tuple[str, float]]:
-        """The (key, ms) entries the prediction of `arch` sums, in net order (walks the decoded spec)."""
-        arch = Arch.from_dict(arch) if isinstance(arch, dict) else arch
-        spec = decode(self.space, arch, self.num_classes)
-        keys = [stem_key(spec), *[block_key(b) for b in spec.blocks], head_key(spec)]
-        return [(k, self.entries[k]) for k in keys]
+        """The (key, ms) isolated entries of `arch`'s parts, in net order (walks the decoded spec)."""
+        return [(k, self.entries[k]) for k in part_keys(self.space, arch, self.num_classes)]
 
 
 def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -> None:
     check_format(data, path, FORMAT, FORMAT_VERSION, "a latency table")
     needed = {"space_hash", "space_name", "runtime", "runtime_version", "device", "batch", "threads", "num_classes",
-              "scale", "per_part_ms", "meta", "entries", "complete", "warmup", "repeats", "calibration_archs",
-              "calibration"}
+              "scale", "per_part_ms", "meta", "entries", "corrections", "complete", "warmup", "repeats",
+              "calibration_archs", "calibration"}
     missing = sorted(needed - set(data))
     if missing:
         raise BadFileError(path, f"latency table lacks the keys {missing}")
@@ -475,6 +487,10 @@ def _check_table(path: Path, data: Any, space: SearchSpace, batch: int | None) -
     entries = data["entries"]
     if not isinstance(entries, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in entries.values()):
         raise BadFileError(path, "latency table entries must map keys to non-negative milliseconds")
+    corrections = data["corrections"]
+    if not isinstance(corrections, dict) or not all(isinstance(v, (int, float)) for v in corrections.values()) \
+            or not set(corrections) <= set(entries):
+        raise BadFileError(path, "latency table corrections must map keys of its entries to milliseconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -523,7 +539,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     parts = _Layout(space, num_classes).parts()
 
     data = dict(settings, space=space.to_dict(), meta=describe_environment(device, threads), complete=False,
-                scale=None, per_part_ms=None, entries={}, calibration=[])
+                scale=None, per_part_ms=None, entries={}, corrections={}, calibration=[])
     if out_path.exists():
         old = read_json_file(out_path, "latency table")
         try:
@@ -569,6 +585,8 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
         data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
                                for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
     data["scale"], data["per_part_ms"] = fit_calibration(data["calibration"])
+    data["corrections"] = fit_corrections(LatencyTable(dict(data, corrections={}), space, out_path),
+                                          data["calibration"])
     data["complete"] = True
     save()
     if measure_calibration and on_entry is not None:
@@ -591,6 +609,35 @@ def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
         return float(sums @ measured / (sums @ sums)), 0.0
     (scale, per_part), _ = scipy.optimize.nnls(design, measured)
     return float(scale), float(per_part)
+
+
+def fit_corrections(table: "LatencyTable", rows: Sequence[dict[str, Any]],
+                    ridge: float = CORRECTION_RIDGE) -> dict[str, float]:
+    """Per-part in-context corrections (ms) for the parts the calibration `rows` use: the ridge solution of
+    `counts @ corrections = measured - predicted` (each row's arch, the table's calibrated prediction without
+    corrections), where part k's correction is penalized by `ridge * (mean cost / cost_k)^2`: a cheap part is
+    not allowed a large correction, and with few rows every correction stays near 0."""
+    if not rows:
+        return {}
+    keys_per_row = [part_keys(table.space, Arch.from_dict(r["arch"]), table.num_classes) for r in rows]
+    keys = sorted({k for ks in keys_per_row for k in ks})
+    column = {k: i for i, k in enumerate(keys)}
+    counts = np.zeros((len(rows), len(keys)))
+    for i, ks in enumerate(keys_per_row):
+        for k in ks:
+            counts[i, column[k]] += 1
+    cost = np.array([table.part_cost(k) for k in keys])
+    residual = np.array([r["measured_ms"] for r in rows]) - (counts @ cost - table.per_part_ms)
+    typical = max(float(np.mean(np.abs(cost))), 1e-9)
+    penalty = ridge * (typical / np.maximum(np.abs(cost), 1e-3 * typical)) ** 2
+    corrections = np.linalg.solve(counts.T @ counts + np.diag(penalty), counts.T @ residual)
+    return {k: float(c) for k, c in zip(keys, corrections)}
+
+
+def part_keys(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> list[str]:
+    """The table keys of `arch`'s parts, in net order: stem, every block, head."""
+    spec = decode(space, arch, num_classes)
+    return [stem_key(spec), *[block_key(b) for b in spec.blocks], head_key(spec)]
 
 
 def part_counts(space: SearchSpace, idx: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/supernet_speed.py --device cuda --spaces attentivenas --batch 64 --resolution 192 --rounds 3 \
     --repeats 3 --reference 2>&1 | tee "$OUT/supernet_speed.txt"
 "$PY" bench/amp_speed.py --device cuda --space attentivenas --batch 64 2>&1 | tee "$OUT/amp_speed.txt"
-"$PY" -m predictors.latency build --space tiny --runtime torch --device cuda --batch 64 \
+"$PY" -m predictors.latency build --space tiny --runtime torch --device cuda --batch 64 --calibration-archs 100 \
     --out "$OUT/latency_tiny_cuda.json" 2>&1 | tee "$OUT/latency_build.txt"
 "$PY" -m predictors.latency validate --table "$OUT/latency_tiny_cuda.json" --num-archs 50 \
     --out "$OUT/latency_validate" 2>&1 | tee "$OUT/latency_validate.txt"

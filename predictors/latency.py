@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per entry (median taken)")
     b.add_argument("--calibration-archs", type=int, default=CALIBRATION_ARCHS,
                    help="random archs measured end to end to fit the calibration (scale of the entries' sum, cost per "
-                   "part; 0: plain sum, as OFA)")
+                   "part) and each part's in-context correction; 0: plain sum, as OFA")
     b.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the space's)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     v = sub.add_parser("validate", help="compare a table with end-to-end measurements",
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 num_classes=args.num_classes, calibration_archs=args.calibration_archs)
             print(f"latency table: {args.out} ({len(table.entries)} entries, {table.runtime} {table.runtime_version} "
                   f"on {table.device}, batch {table.batch}, {table.threads} threads; fitted calibration: scale "
-                  f"{table.scale:.3f}, {table.per_part_ms * 1e3:+.2f} us per part; {table.meta['cpu']})")
+                  f"{table.scale:.3f}, {table.per_part_ms * 1e3:+.2f} us per part, in-context corrections for "
+                  f"{len(table.corrections)} parts; {table.meta['cpu']})")
             return 0
         table = LatencyTable.load(args.table, space)
         out = args.out if args.out is not None else args.table.with_name(args.table.stem + "_validation")

@@ -15,8 +15,9 @@ from attentive import load_space
 from attentive.fileio import BadFileError
 from attentive.flops import encode
 from attentive.latency import (FORMAT, FORMAT_VERSION, LatencyTable, block_key, build_table, fit_calibration,
-                               head_key, measure_latency, onnx_bytes, part_counts, stem_key, table_keys)
-from attentive.space import space_from_dict
+                               fit_corrections, head_key, measure_latency, onnx_bytes, part_counts, part_keys,
+                               stem_key, table_keys)
+from attentive.space import Arch, space_from_dict
 from attentive.spec import decode
 from predictors.latency import main as latency_main
 
@@ -80,7 +81,8 @@ def fake_table(space, seed=0):
             "runtime": "torch", "runtime_version": torch.__version__, "device": "cpu", "batch": 1, "threads": 1,
             "num_classes": space.num_classes, "warmup": 0, "repeats": 1, "calibration_archs": 0, "calibration": [],
             "scale": 0.8, "per_part_ms": 0.003, "meta": {}, "complete": True, "space": space.to_dict(),
-            "entries": {k: float(v) for k, v in zip(keys, rng.uniform(0.01, 1.0, len(keys)))}}
+            "entries": {k: float(v) for k, v in zip(keys, rng.uniform(0.01, 1.0, len(keys)))},
+            "corrections": {k: float(v) for k, v in zip(keys[::3], rng.uniform(-0.005, 0.005, len(keys[::3])))}}
     return LatencyTable(data, space)
 
 
@@ -96,6 +98,8 @@ def test_table_format_and_one_entry_per_distinct_configuration(micro, torch_tabl
     assert all(v > 0 for v in data["entries"].values())
     assert len(data["calibration"]) == 2
     assert (data["scale"], data["per_part_ms"]) == pytest.approx(fit_calibration(data["calibration"]))
+    used = {k for row in data["calibration"] for k in part_keys(micro, Arch.from_dict(row["arch"]))}
+    assert set(data["corrections"]) == used and all(isinstance(v, float) for v in data["corrections"].values())
     loaded = LatencyTable.load(torch_table.path, micro)
     assert loaded.entries == torch_table.entries
     assert (loaded.scale, loaded.per_part_ms) == (torch_table.scale, torch_table.per_part_ms)
@@ -129,12 +133,41 @@ def test_predict_batch_is_the_sum_of_the_arch_entries(name):
     for arch in archs:  # walk the decoded net: stem, every block, head
         spec = decode(space, arch)
         keys = [stem_key(spec), *[block_key(b) for b in spec.blocks], head_key(spec)]
-        expected.append(table.scale * sum(table.entries[k] for k in keys) + (len(keys) - 1) * table.per_part_ms)
+        expected.append(table.scale * sum(table.entries[k] for k in keys) + (len(keys) - 1) * table.per_part_ms
+                        + sum(table.corrections.get(k, 0.0) for k in keys))
     np.testing.assert_allclose(table.predict_batch(idx), expected, rtol=1e-12)
     np.testing.assert_allclose(table.predict_batch(archs), expected, rtol=1e-12)
     assert [table.predict(a) for a in archs] == pytest.approx(expected, rel=1e-12)
     assert part_counts(space, idx).tolist() == [len(decode(space, a).blocks) + 2 for a in archs]
     assert table.predict_batch(idx).dtype == np.float64
+
+
+def test_corrections_learn_what_the_parts_cost_in_context():
+    """End-to-end times whose parts cost otherwise than their entries say (here: every block at 24 px costs 0.05 ms
+    more, in context): the fitted corrections recover it, and the corrected table predicts held-out archs far
+    better; no rows, no corrections; the pull towards 0 keeps them small when asked to."""
+    space = load_space("tiny")
+    table = fake_table(space)
+    table = LatencyTable(dict(table.data, corrections={}), space)
+    extra = {k: 0.05 for k in table.entries if k.startswith("block:") and k.endswith("size=24")}
+
+    def truth(arch):
+        return table.predict(arch) + sum(extra.get(k, 0.0) for k in part_keys(space, arch))
+
+    rng = np.random.Generator(np.random.PCG64(2))
+    fit_archs = [space.arch_from_indices(i) for i in space.sample_indices(rng, 300)]
+    test_archs = [space.arch_from_indices(i) for i in space.sample_indices(rng, 50)]
+    rows = [{"arch": a.to_dict(), "measured_ms": truth(a)} for a in fit_archs]
+    assert fit_corrections(table, []) == {}
+    corrections = fit_corrections(table, rows)
+    fitted = LatencyTable(dict(table.data, corrections=corrections), space)
+    measured = np.array([truth(a) for a in test_archs])
+    before = np.abs(np.array([table.predict(a) for a in test_archs]) - measured).mean()
+    after = np.abs(np.array([fitted.predict(a) for a in test_archs]) - measured).mean()
+    assert after < 0.25 * before
+    assert set(corrections) == {k for a in fit_archs for k in part_keys(space, a)}
+    strong = fit_corrections(table, rows, ridge=1e6)
+    assert max(map(abs, strong.values())) < 0.1 * max(map(abs, corrections.values()))
 
 
 def test_predict_batch_refuses_a_wrong_shape():
@@ -222,6 +255,8 @@ def test_load_refuses_another_batch_when_asked(micro, torch_table):
     ({"format_version": 99}, "format version 99"),
     ({"runtime": "tflite"}, "unknown runtime 'tflite'"),
     ({"entries": {"stem": -1}}, "non-negative milliseconds"),
+    ({"corrections": {"block:not-a-part": 0.1}}, "corrections must map keys of its entries"),
+    ({"corrections": [0.1]}, "corrections must map keys of its entries"),
 ])
 def test_load_refuses_foreign_or_edited_tables(micro, torch_table, tmp_path, change, message):
     with pytest.raises(BadFileError, match=message):
