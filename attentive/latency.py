@@ -381,10 +381,14 @@ class LatencyTable:
         self.corrections: dict[str, float] = data["corrections"]  # in context (fit_corrections); absent: 0
         self._arrays = self._lookup_arrays()
 
+    def calibrated_cost(self, key: str) -> float:
+        """A part's cost inside a net from the calibration alone (scale and per-part cost), before its correction."""
+        return self.scale * self.entries[key] + self.per_part_ms
+
     def part_cost(self, key: str) -> float:
-        """A part's cost inside a net: its calibrated entry plus its in-context correction. An arch's predicted
+        """A part's cost inside a net: its calibrated cost plus its in-context correction. An arch's predicted
         latency is the sum over its parts less one `per_part_ms` (the call the whole net makes)."""
-        return self.scale * self.entries[key] + self.per_part_ms + self.corrections.get(key, 0.0)
+        return self.calibrated_cost(key) + self.corrections.get(key, 0.0)
 
     # ---- files -------------------------------------------------------------------------------------------------
     @classmethod
@@ -459,6 +463,7 @@ class LatencyTable:
 
     def predict_parts(self, arch: Arch | dict) -> list[tuple[str, float]]:
         """The (key, ms) isolated entries of `arch`'s parts, in net order (walks the decoded spec)."""
+        arch = Arch.from_dict(arch) if isinstance(arch, dict) else arch
         return [(k, self.entries[k]) for k in part_keys(self.space, arch, self.num_classes)]
 
 
@@ -585,8 +590,7 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
         data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
                                for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
     data["scale"], data["per_part_ms"] = fit_calibration(data["calibration"])
-    data["corrections"] = fit_corrections(LatencyTable(dict(data, corrections={}), space, out_path),
-                                          data["calibration"])
+    data["corrections"] = fit_corrections(LatencyTable(data, space, out_path), data["calibration"])
     data["complete"] = True
     save()
     if measure_calibration and on_entry is not None:
@@ -614,9 +618,10 @@ def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
 def fit_corrections(table: "LatencyTable", rows: Sequence[dict[str, Any]],
                     ridge: float = CORRECTION_RIDGE) -> dict[str, float]:
     """Per-part in-context corrections (ms) for the parts the calibration `rows` use: the ridge solution of
-    `counts @ corrections = measured - predicted` (each row's arch, the table's calibrated prediction without
-    corrections), where part k's correction is penalized by `ridge * (mean cost / cost_k)^2`: a cheap part is
-    not allowed a large correction, and with few rows every correction stays near 0."""
+    `counts @ corrections = measured - predicted` (each row's arch; the prediction from the calibrated costs
+    alone, whatever corrections `table` holds, which the result replaces), where part k's correction is
+    penalized by `ridge * (mean cost / cost_k)^2`: a cheap part is not allowed a large correction, and with few
+    rows every correction stays near 0."""
     if not rows:
         return {}
     keys_per_row = [part_keys(table.space, Arch.from_dict(r["arch"]), table.num_classes) for r in rows]
@@ -626,7 +631,7 @@ def fit_corrections(table: "LatencyTable", rows: Sequence[dict[str, Any]],
     for i, ks in enumerate(keys_per_row):
         for k in ks:
             counts[i, column[k]] += 1
-    cost = np.array([table.part_cost(k) for k in keys])
+    cost = np.array([table.calibrated_cost(k) for k in keys])
     residual = np.array([r["measured_ms"] for r in rows]) - (counts @ cost - table.per_part_ms)
     typical = max(float(np.mean(np.abs(cost))), 1e-9)
     penalty = ridge * (typical / np.maximum(np.abs(cost), 1e-3 * typical)) ** 2

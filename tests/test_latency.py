@@ -166,6 +166,10 @@ def test_corrections_learn_what_the_parts_cost_in_context():
     after = np.abs(np.array([fitted.predict(a) for a in test_archs]) - measured).mean()
     assert after < 0.25 * before
     assert set(corrections) == {k for a in fit_archs for k in part_keys(space, a)}
+    assert fit_corrections(fitted, rows) == pytest.approx(corrections, rel=1e-9, abs=1e-12)  # replaced, not added
+    arch = test_archs[0]
+    assert fitted.predict_parts(arch.to_dict()) == fitted.predict_parts(arch) == \
+        [(k, table.entries[k]) for k in part_keys(space, arch)]
     strong = fit_corrections(table, rows, ridge=1e6)
     assert max(map(abs, strong.values())) < 0.1 * max(map(abs, corrections.values()))
 
