@@ -18,9 +18,11 @@ groups (below): MAPE 2.9-3.3%, Kendall tau 0.91; one per-call constant gave 6.0%
 Isolation can also be wrong part by part: on an AVX-512 CPU, where onnxruntime runs convolutions in a blocked
 channel layout, parts cost otherwise inside a net by amounts that differ from part to part (tau 0.78-0.86 with
 the calibration alone). So each part also gets an in-context correction (`fit_corrections`): a ridge regression
-of what the calibration archs' end-to-end times leave unexplained on their part counts, each correction pulled
-towards 0 the harder the cheaper the part. With 400 calibration archs: tau 0.87-0.90, MAPE 3.2-3.6% there
-(against 0.81-0.83, 5.6% without, same table). A part the calibration archs never use keeps its calibrated cost.
+of what the calibration archs' end-to-end times leave unexplained on their part counts (relative errors), each
+correction pulled towards 0 the harder the cheaper the part, and how hard overall chosen per table by
+cross-validation over the calibration archs (`choose_ridge`). With 400 calibration archs: tau 0.87-0.90, MAPE
+3.2-3.6% there (against 0.81-0.83, 5.6% without, same table). A part the calibration archs never use keeps its
+calibrated cost.
 
 `predict_batch` evaluates that sum for many gene-index rows at once from per-stage lookup arrays (like
 `attentive.flops.count_flops_batch`): all blocks after the first in a stage are identical, so a stage costs
@@ -62,7 +64,9 @@ LATENCY_DEVICES = ("cpu", "cuda")
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 100
 CALIBRATION_ARCHS = 400  # 200 gave tau 0.90, 400 0.91 on an AVX-512 CPU (docs/results.md); ~2 min for the tiny space
-CORRECTION_RIDGE = 1.0  # weight of the pull of each part's correction towards 0, relative to its cost
+CORRECTION_RIDGE = 1.0  # weight of the pull of each part's correction towards 0, relative to its cost (few rows)
+CORRECTION_RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # the build picks one by cross-validation (choose_ridge)
+CORRECTION_FOLDS = 5
 ENTRY_GROUP = 24  # table entries measured together, taking turns (build_table)
 MEASURE_ROUNDS = 10  # end-to-end measurements of many archs take turns in this many rounds (measure_latencies)
 CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
@@ -590,7 +594,11 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
         data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
                                for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
     data["scale"], data["per_part_ms"] = fit_calibration(data["calibration"])
-    data["corrections"] = fit_corrections(LatencyTable(data, space, out_path), data["calibration"])
+    calibrated = LatencyTable(data, space, out_path)
+    ridge, scores = choose_ridge(calibrated, data["calibration"])
+    data["corrections"] = fit_corrections(calibrated, data["calibration"], ridge)
+    data["correction_ridge"] = ridge
+    data["correction_cv_mape_pct"] = {str(r): m for r, m in scores.items()}  # JSON keys are strings
     data["complete"] = True
     save()
     if measure_calibration and on_entry is not None:
@@ -615,28 +623,88 @@ def fit_calibration(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
     return float(scale), float(per_part)
 
 
+@dataclass
+class _CorrectionSystem:
+    """What the calibration rows leave unexplained, per row, as a linear system in the per-part corrections."""
+
+    keys: list[str]
+    counts: np.ndarray  # (rows, keys): how often each part occurs in each row's arch
+    residual: np.ndarray  # measured - predicted from the calibrated costs alone
+    measured: np.ndarray
+    penalty: np.ndarray  # per key, for ridge 1: (mean cost / cost_k)^2
+
+    @classmethod
+    def from_rows(cls, table: "LatencyTable", rows: Sequence[dict[str, Any]]) -> "_CorrectionSystem":
+        keys_per_row = [part_keys(table.space, Arch.from_dict(r["arch"]), table.num_classes) for r in rows]
+        keys = sorted({k for ks in keys_per_row for k in ks})
+        column = {k: i for i, k in enumerate(keys)}
+        counts = np.zeros((len(rows), len(keys)))
+        for i, ks in enumerate(keys_per_row):
+            for k in ks:
+                counts[i, column[k]] += 1
+        cost = np.array([table.calibrated_cost(k) for k in keys])
+        measured = np.array([r["measured_ms"] for r in rows], dtype=np.float64)
+        typical = max(float(np.mean(np.abs(cost))), 1e-9)
+        return cls(keys, counts, measured - (counts @ cost - table.per_part_ms), measured,
+                   (typical / np.maximum(np.abs(cost), 1e-3 * typical)) ** 2)
+
+    def solve(self, ridge: float, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Corrections from `rows` of the system: weighted ridge, each row weighted by 1 / measured^2 (relative
+        errors, what MAPE scores; normalized to mean 1 so that `ridge` keeps its scale)."""
+        counts, residual, measured = self.counts[rows], self.residual[rows], self.measured[rows]
+        weight = 1.0 / np.maximum(measured, 1e-12) ** 2
+        weight /= weight.mean()
+        return np.linalg.solve(counts.T @ (counts * weight[:, None]) + np.diag(ridge * self.penalty),
+                               counts.T @ (weight * residual))
+
+    def mape_pct(self, corrections: np.ndarray, rows: np.ndarray | slice = slice(None)) -> float:
+        error = self.residual[rows] - self.counts[rows] @ corrections
+        return float(100.0 * np.mean(np.abs(error) / self.measured[rows]))
+
+
+def cross_validate_ridge(table: "LatencyTable", rows: Sequence[dict[str, Any]],
+                         ridges: Sequence[float] = CORRECTION_RIDGES,
+                         folds: int = CORRECTION_FOLDS) -> dict[float, float]:
+    """The MAPE (%) that corrections fitted with each ridge give on the calibration rows they were not fitted on:
+    `folds`-fold cross-validation, rows dealt to folds by a seeded permutation. Needs at least 2 rows per fold."""
+    if folds < 2 or len(rows) < 2 * folds:
+        raise ValueError(f"cross-validation needs folds >= 2 and at least 2 rows per fold; got {folds} folds, "
+                         f"{len(rows)} rows")
+    system = _CorrectionSystem.from_rows(table, rows)
+    fold = np.empty(len(rows), dtype=np.int64)
+    fold[np.random.Generator(np.random.PCG64(CALIBRATION_SEED)).permutation(len(rows))] = \
+        np.arange(len(rows)) % folds
+    scores = {}
+    for ridge in ridges:
+        errors = [system.mape_pct(system.solve(ridge, fold != f), fold == f) * np.sum(fold == f)
+                  for f in range(folds)]
+        scores[float(ridge)] = float(np.sum(errors) / len(rows))
+    return scores
+
+
+def choose_ridge(table: "LatencyTable", rows: Sequence[dict[str, Any]]) -> tuple[float, dict[float, float]]:
+    """The ridge of `CORRECTION_RIDGES` with the lowest cross-validated MAPE (`cross_validate_ridge`) and the
+    scores; `CORRECTION_RIDGE` (and no scores) with too few rows to cross-validate. How hard the corrections are
+    pulled to 0 depends on the machine: where end-to-end times repeat well the data carry more per-part detail
+    than where they scatter (docs/results.md: 1 vs 2 threads on a shared VM)."""
+    if len(rows) < 2 * CORRECTION_FOLDS:
+        return CORRECTION_RIDGE, {}
+    scores = cross_validate_ridge(table, rows)
+    return min(scores, key=lambda r: (scores[r], -r)), scores  # a tie goes to the stronger pull
+
+
 def fit_corrections(table: "LatencyTable", rows: Sequence[dict[str, Any]],
                     ridge: float = CORRECTION_RIDGE) -> dict[str, float]:
     """Per-part in-context corrections (ms) for the parts the calibration `rows` use: the ridge solution of
     `counts @ corrections = measured - predicted` (each row's arch; the prediction from the calibrated costs
-    alone, whatever corrections `table` holds, which the result replaces), where part k's correction is
-    penalized by `ridge * (mean cost / cost_k)^2`: a cheap part is not allowed a large correction, and with few
-    rows every correction stays near 0."""
+    alone, whatever corrections `table` holds, which the result replaces), each row weighted by 1 / measured^2
+    (relative errors), where part k's correction is penalized by `ridge * (mean cost / cost_k)^2`: a cheap part
+    is not allowed a large correction, and with few rows every correction stays near 0. `build_table` takes the
+    ridge from `choose_ridge`."""
     if not rows:
         return {}
-    keys_per_row = [part_keys(table.space, Arch.from_dict(r["arch"]), table.num_classes) for r in rows]
-    keys = sorted({k for ks in keys_per_row for k in ks})
-    column = {k: i for i, k in enumerate(keys)}
-    counts = np.zeros((len(rows), len(keys)))
-    for i, ks in enumerate(keys_per_row):
-        for k in ks:
-            counts[i, column[k]] += 1
-    cost = np.array([table.calibrated_cost(k) for k in keys])
-    residual = np.array([r["measured_ms"] for r in rows]) - (counts @ cost - table.per_part_ms)
-    typical = max(float(np.mean(np.abs(cost))), 1e-9)
-    penalty = ridge * (typical / np.maximum(np.abs(cost), 1e-3 * typical)) ** 2
-    corrections = np.linalg.solve(counts.T @ counts + np.diag(penalty), counts.T @ residual)
-    return {k: float(c) for k, c in zip(keys, corrections)}
+    system = _CorrectionSystem.from_rows(table, rows)
+    return {k: float(c) for k, c in zip(system.keys, system.solve(ridge))}
 
 
 def part_keys(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> list[str]:

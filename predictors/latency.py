@@ -80,6 +80,14 @@ def _table_space(path: Path, name: str | None) -> Any:
         raise BadFileError(path, f"stored space is invalid: {e}") from None
 
 
+def _ridge_text(table: LatencyTable) -> str:
+    scores = table.data.get("correction_cv_mape_pct") or {}
+    if not scores:
+        return ""
+    ridge = table.data["correction_ridge"]
+    return f" (ridge {ridge:g}, cross-validated MAPE {scores[str(ridge)]:.2f}%)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -103,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"latency table: {args.out} ({len(table.entries)} entries, {table.runtime} {table.runtime_version} "
                   f"on {table.device}, batch {table.batch}, {table.threads} threads; fitted calibration: scale "
                   f"{table.scale:.3f}, {table.per_part_ms * 1e3:+.2f} us per part, in-context corrections for "
-                  f"{len(table.corrections)} parts; {table.meta['cpu']})")
+                  f"{len(table.corrections)} parts{_ridge_text(table)}; {table.meta['cpu']})")
             return 0
         table = LatencyTable.load(args.table, space)
         out = args.out if args.out is not None else args.table.with_name(args.table.stem + "_validation")

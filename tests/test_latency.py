@@ -14,8 +14,9 @@ import attentive.latency as latency_mod
 from attentive import load_space
 from attentive.fileio import BadFileError
 from attentive.flops import encode
-from attentive.latency import (FORMAT, FORMAT_VERSION, LatencyTable, block_key, build_table, fit_calibration,
-                               fit_corrections, head_key, measure_latency, onnx_bytes, part_counts, part_keys,
+from attentive.latency import (CALIBRATION_SEED, CORRECTION_FOLDS, CORRECTION_RIDGE, CORRECTION_RIDGES, FORMAT,
+                               FORMAT_VERSION, LatencyTable, block_key, build_table, choose_ridge,
+                               cross_validate_ridge, fit_calibration, fit_corrections, head_key, measure_latency, onnx_bytes, part_counts, part_keys,
                                stem_key, table_keys)
 from attentive.space import Arch, space_from_dict
 from attentive.spec import decode
@@ -100,6 +101,8 @@ def test_table_format_and_one_entry_per_distinct_configuration(micro, torch_tabl
     assert (data["scale"], data["per_part_ms"]) == pytest.approx(fit_calibration(data["calibration"]))
     used = {k for row in data["calibration"] for k in part_keys(micro, Arch.from_dict(row["arch"]))}
     assert set(data["corrections"]) == used and all(isinstance(v, float) for v in data["corrections"].values())
+    # 2 calibration archs are too few to cross-validate the ridge: the default one, no scores
+    assert data["correction_ridge"] == CORRECTION_RIDGE and data["correction_cv_mape_pct"] == {}
     loaded = LatencyTable.load(torch_table.path, micro)
     assert loaded.entries == torch_table.entries
     assert (loaded.scale, loaded.per_part_ms) == (torch_table.scale, torch_table.per_part_ms)
@@ -172,6 +175,46 @@ def test_corrections_learn_what_the_parts_cost_in_context():
         [(k, table.entries[k]) for k in part_keys(space, arch)]
     strong = fit_corrections(table, rows, ridge=1e6)
     assert max(map(abs, strong.values())) < 0.1 * max(map(abs, corrections.values()))
+
+
+def test_the_ridge_is_chosen_by_cross_validation():
+    """Rows whose parts really cost otherwise in context (every block at 24 px 0.05 ms more, exactly) make the
+    cross-validation pick a weak pull; rows whose errors are noise without a per-part pattern, a strong one; too
+    few rows to cross-validate give the default ridge."""
+    space = load_space("tiny")
+    table = LatencyTable(dict(fake_table(space).data, corrections={}), space)
+    extra = {k: 0.05 for k in table.entries if k.startswith("block:") and k.endswith("size=24")}
+    rng = np.random.Generator(np.random.PCG64(3))
+    archs = [space.arch_from_indices(i) for i in space.sample_indices(rng, 200)]
+    planted = [{"arch": a.to_dict(), "measured_ms": table.predict(a) + sum(extra.get(k, 0.0) for k in
+                                                                          part_keys(space, a))} for a in archs]
+    noisy = [{"arch": a.to_dict(), "measured_ms": table.predict(a) * (1.0 + 0.05 * rng.standard_normal())}
+             for a in archs]
+    ridge, scores = choose_ridge(table, planted)
+    assert set(scores) == set(CORRECTION_RIDGES) and ridge == min(CORRECTION_RIDGES)
+    assert scores[ridge] < 0.5 * scores[max(CORRECTION_RIDGES)]
+    ridge, scores = choose_ridge(table, noisy)
+    assert ridge >= 30.0 and scores[ridge] < scores[min(CORRECTION_RIDGES)]
+    assert choose_ridge(table, planted[:2 * CORRECTION_FOLDS - 1]) == (CORRECTION_RIDGE, {})
+    with pytest.raises(ValueError, match="at least 2 rows per fold"):
+        cross_validate_ridge(table, planted[:9], folds=5)
+    # rel 1e-3: a fold's own fit_corrections scales the pull by the mean cost of the parts that fold uses
+    assert cross_validate_ridge(table, planted, ridges=(1.0,)) == \
+        pytest.approx({1.0: scores_at(table, planted)}, rel=1e-3)
+
+
+def scores_at(table, rows, folds=5):
+    """`cross_validate_ridge` at ridge 1 written out: fit on four folds, score the fifth, weighted by fold size."""
+    perm = np.random.Generator(np.random.PCG64(CALIBRATION_SEED)).permutation(len(rows))
+    fold = np.empty(len(rows), dtype=np.int64)
+    fold[perm] = np.arange(len(rows)) % folds
+    total = 0.0
+    for f in range(folds):
+        fitted = LatencyTable(dict(table.data, corrections=fit_corrections(
+            table, [r for r, g in zip(rows, fold) if g != f], ridge=1.0)), table.space)
+        total += sum(abs(fitted.predict(r["arch"]) - r["measured_ms"]) / r["measured_ms"]
+                     for r, g in zip(rows, fold) if g == f)
+    return 100.0 * total / len(rows)
 
 
 def test_predict_batch_refuses_a_wrong_shape():
