@@ -69,6 +69,7 @@ CORRECTION_RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # the build picks o
 CORRECTION_FOLDS = 5
 ENTRY_GROUP = 24  # table entries measured together, taking turns (build_table)
 MEASURE_ROUNDS = 10  # end-to-end measurements of many archs take turns in this many rounds (measure_latencies)
+MEASURE_GROUP_PARAMS = 250e6  # parameters of the nets measured together, taking turns (~1 GB per copy of them)
 CALIBRATION_SEED = 1_000_003  # not validate's default seed 0: the fit never sees the validation archs
 INPUT_SEED = 0  # seeded random inputs and weights: latency does not depend on them, reproducibility does
 
@@ -730,15 +731,36 @@ def static_net(space: SearchSpace, arch: Arch, num_classes: int | None = None) -
     return _fresh_module(lambda: StaticNet.from_arch(space, arch, num_classes))  # type: ignore[return-value]
 
 
+def param_groups(params: Sequence[float], max_params: float) -> list[list[int]]:
+    """Consecutive runs of indices whose `params` sum to at most `max_params` (an item over it alone)."""
+    groups: list[list[int]] = []
+    total = 0.0
+    for i, p in enumerate(params):
+        if not groups or total + p > max_params:
+            groups.append([])
+            total = 0.0
+        groups[-1].append(i)
+        total += p
+    return groups
+
+
 def measure_archs(table: LatencyTable, archs: Sequence[Arch], warmup: int | None = None,
                   repeats: int | None = None, rounds: int = MEASURE_ROUNDS) -> list[float]:
     """End-to-end latency (ms) of each arch's static net, measured as `table` was built (runtime, device, batch,
-    threads; warm-up and repeats unless given), the archs taking turns (`measure_latencies`)."""
-    nets = [static_net(table.space, a, table.num_classes) for a in archs]
-    shapes = [(table.batch, table.space.in_chans, a.resolution, a.resolution) for a in archs]
-    return measure_latencies(nets, shapes, table.runtime, table.device, table.threads,
-                             table.data["warmup"] if warmup is None else warmup,
-                             table.data["repeats"] if repeats is None else repeats, rounds)
+    threads; warm-up and repeats unless given), the archs taking turns (`measure_latencies`) in groups of at most
+    `MEASURE_GROUP_PARAMS` parameters, whose nets and runtime sessions alone are held in memory at a time (the tiny
+    space's 400 calibration archs are one group; the ImageNet space's, 6.1 G parameters, took 23 GB at once)."""
+    from .flops import count_params_batch
+
+    params = count_params_batch(table.space, list(archs), table.num_classes) * 1e6 if len(archs) else []
+    times: list[float] = []
+    for group in param_groups(params, MEASURE_GROUP_PARAMS):
+        nets = [static_net(table.space, archs[i], table.num_classes) for i in group]
+        shapes = [(table.batch, table.space.in_chans, archs[i].resolution, archs[i].resolution) for i in group]
+        times += measure_latencies(nets, shapes, table.runtime, table.device, table.threads,
+                                   table.data["warmup"] if warmup is None else warmup,
+                                   table.data["repeats"] if repeats is None else repeats, rounds)
+    return times
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, num_archs: int, seed: int, out_dir: str | Path,

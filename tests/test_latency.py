@@ -11,13 +11,13 @@ import torch
 import yaml
 
 import attentive.latency as latency_mod
-from attentive import load_space
+from attentive import latency, load_space
 from attentive.fileio import BadFileError
-from attentive.flops import encode
+from attentive.flops import count_params_batch, encode
 from attentive.latency import (CALIBRATION_SEED, CORRECTION_FOLDS, CORRECTION_RIDGE, CORRECTION_RIDGES, FORMAT,
                                FORMAT_VERSION, LatencyTable, block_key, build_table, choose_ridge,
-                               cross_validate_ridge, fit_calibration, fit_corrections, head_key, measure_latency, onnx_bytes, part_counts, part_keys,
-                               stem_key, table_keys)
+                               cross_validate_ridge, fit_calibration, fit_corrections, head_key, measure_latency,
+                               onnx_bytes, param_groups, part_counts, part_keys, stem_key, table_keys)
 from attentive.space import Arch, space_from_dict
 from attentive.spec import decode
 from predictors.latency import main as latency_main
@@ -215,6 +215,31 @@ def scores_at(table, rows, folds=5):
         total += sum(abs(fitted.predict(r["arch"]) - r["measured_ms"]) / r["measured_ms"]
                      for r, g in zip(rows, fold) if g == f)
     return 100.0 * total / len(rows)
+
+
+def test_archs_are_measured_in_groups_that_bound_memory(micro, torch_table, monkeypatch):
+    """End-to-end measurements take turns within groups of at most MEASURE_GROUP_PARAMS parameters, in order, so
+    that only one group's nets are held at a time (the ImageNet space's 400 calibration archs at once were killed
+    for memory); every arch gets its time, in the order given."""
+    assert param_groups([3, 3, 3, 5, 9, 1], 6) == [[0, 1], [2], [3], [4], [5]]
+    assert param_groups([], 6) == []
+    rng = np.random.Generator(np.random.PCG64(5))
+    archs = [micro.arch_from_indices(i) for i in micro.sample_indices(rng, 7)]
+    params = count_params_batch(micro, archs) * 1e6
+    budget = float(np.sort(params)[-1] + np.sort(params)[-2])  # two of the largest fit, three do not
+    calls = []
+
+    def fake(models, shapes, *args):
+        calls.append([sum(p.numel() for p in m.parameters()) for m in models])
+        return [float(shape[-1]) for shape in shapes]
+
+    monkeypatch.setattr(latency, "measure_latencies", fake)
+    monkeypatch.setattr(latency, "MEASURE_GROUP_PARAMS", budget)
+    times = latency.measure_archs(torch_table, archs)
+    assert times == [float(a.resolution) for a in archs]
+    assert [n for group in calls for n in group] == pytest.approx(params.tolist())
+    assert len(calls) > 1 and all(sum(group) <= budget for group in calls if len(group) > 1)
+    assert [len(g) for g in calls] == [len(g) for g in param_groups(params, budget)]
 
 
 def test_predict_batch_refuses_a_wrong_shape():
