@@ -50,6 +50,7 @@ import torch.nn as nn
 
 from .environment import describe_environment
 from .fileio import BadFileError, check_format, read_json_file, write_json_atomic
+from .flops import count_params_batch, encode
 from .layers import act_layer
 from .space import Arch, SearchSpace
 from .spec import BlockSpec, NetSpec, decode
@@ -444,8 +445,6 @@ class LatencyTable:
         if isinstance(archs, np.ndarray):
             idx = archs.astype(np.int64, copy=False)
         else:
-            from .flops import encode
-
             idx = encode(self.space, archs)
         if idx.ndim != 2 or idx.shape[1] != len(self.space.gene_sizes()):
             raise ValueError(f"expected a gene-index array of shape (n, {len(self.space.gene_sizes())}), "
@@ -668,7 +667,9 @@ def cross_validate_ridge(table: "LatencyTable", rows: Sequence[dict[str, Any]],
                          ridges: Sequence[float] = CORRECTION_RIDGES,
                          folds: int = CORRECTION_FOLDS) -> dict[float, float]:
     """The MAPE (%) that corrections fitted with each ridge give on the calibration rows they were not fitted on:
-    `folds`-fold cross-validation, rows dealt to folds by a seeded permutation. Needs at least 2 rows per fold."""
+    `folds`-fold cross-validation, rows dealt to folds by a seeded permutation (the calibration's scale and per-part
+    cost stay those fitted on all rows: two numbers against the corrections' hundreds). Needs at least 2 rows per
+    fold."""
     if folds < 2 or len(rows) < 2 * folds:
         raise ValueError(f"cross-validation needs folds >= 2 and at least 2 rows per fold; got {folds} folds, "
                          f"{len(rows)} rows")
@@ -751,8 +752,6 @@ def measure_archs(table: LatencyTable, archs: Sequence[Arch], warmup: int | None
     threads; warm-up and repeats unless given), the archs taking turns (`measure_latencies`) in groups of at most
     `MEASURE_GROUP_PARAMS` parameters, whose nets and runtime sessions alone are held in memory at a time (the tiny
     space's 400 calibration archs are one group; the ImageNet space's, 6.1 G parameters, took 23 GB at once)."""
-    from .flops import count_params_batch
-
     params = count_params_batch(table.space, list(archs), table.num_classes) * 1e6 if len(archs) else []
     times: list[float] = []
     for group in param_groups(params, MEASURE_GROUP_PARAMS):
