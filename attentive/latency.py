@@ -28,9 +28,9 @@ calibrated cost.
 `attentive.flops.count_flops_batch`): all blocks after the first in a stage are identical, so a stage costs
 `first + (depth - 1) * later`.
 
-The table is one JSON file, rewritten atomically after every measured entry, so an interrupted build resumes
-where it stopped. `LatencyTable.load` refuses (BadFileError) a torn or foreign file, an unfinished build, a table
-for another space, or one measured with another version of the runtime than the installed one.
+The table is one JSON file, rewritten atomically after every group of measured entries or archs, so an interrupted
+build resumes where it stopped. `LatencyTable.load` refuses (BadFileError) a torn or foreign file, an unfinished
+build, a table for another space, or one measured with another version of the runtime than the installed one.
 """
 from __future__ import annotations
 
@@ -527,12 +527,12 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
                 on_entry: Callable[[str, float], None] | None = None) -> LatencyTable:
     """Measure every distinct part of `space`'s nets, then `calibration_archs` seeded random archs end to end to
     fit the calibration (scale, per-part cost), and write the table to `out_path` (JSON, rewritten atomically after
-    each group of entries and after the calibration). A partial table from an interrupted build with the same
+    each group of entries, each group of calibration archs and the fit). A partial table from an interrupted build with the same
     settings is resumed: what it holds is kept and only the rest is measured; one with other settings is refused
     (BadFileError).
 
     `on_entry(key, ms)` is called after each saved entry, and once with key 'calibration' after the calibration
-    archs (measured together, taking turns: `measure_archs`).
+    archs (measured in groups, taking turns within each: `measure_archs`).
     """
     from tqdm import tqdm
 
@@ -589,11 +589,25 @@ def build_table(space: SearchSpace, runtime: str, device: str, batch: int, out_p
     uncalibrated = LatencyTable(dict(data, scale=1.0, per_part_ms=0.0), space, out_path)
     idx = space.sample_indices(np.random.Generator(np.random.PCG64(CALIBRATION_SEED)), calibration_archs)
     sums, counts = uncalibrated.predict_batch(idx), part_counts(space, idx)
-    measure_calibration = len(data["calibration"]) != calibration_archs
-    if measure_calibration:  # measured together (taking turns), saved together
-        archs = [space.arch_from_indices(i) for i in idx]
-        data["calibration"] = [{"arch": a.to_dict(), "parts": int(c), "sum_ms": float(t), "measured_ms": ms}
-                               for a, c, t, ms in zip(archs, counts, sums, measure_archs(uncalibrated, archs))]
+    archs = [space.arch_from_indices(i) for i in idx]
+    rows = data["calibration"]  # an interrupted build's: the first of the same seeded archs, kept where they match
+    kept = 0
+    while kept < min(len(rows), len(archs)) and rows[kept]["arch"] == archs[kept].to_dict():
+        kept += 1
+    rows = data["calibration"] = rows[:kept]
+    measure_calibration = kept < len(archs)
+    with tqdm(total=len(archs) - kept, desc="latency table: archs end to end", unit="arch",
+              disable=not progress or not measure_calibration, dynamic_ncols=True) as bar:
+
+        def save_group(group: list[int], times: list[float]) -> None:  # saved group by group, like the entries
+            for i, ms in zip(group, times):
+                j = kept + i
+                rows.append({"arch": archs[j].to_dict(), "parts": int(counts[j]), "sum_ms": float(sums[j]),
+                             "measured_ms": ms})
+            save()
+            bar.update(len(group))
+
+        measure_archs(uncalibrated, archs[kept:], on_group=save_group)
     data["scale"], data["per_part_ms"] = fit_calibration(data["calibration"])
     calibrated = LatencyTable(data, space, out_path)
     ridge, scores = choose_ridge(calibrated, data["calibration"])
@@ -747,19 +761,24 @@ def param_groups(params: Sequence[float], max_params: float) -> list[list[int]]:
 
 
 def measure_archs(table: LatencyTable, archs: Sequence[Arch], warmup: int | None = None,
-                  repeats: int | None = None, rounds: int = MEASURE_ROUNDS) -> list[float]:
+                  repeats: int | None = None, rounds: int = MEASURE_ROUNDS,
+                  on_group: Callable[[list[int], list[float]], None] | None = None) -> list[float]:
     """End-to-end latency (ms) of each arch's static net, measured as `table` was built (runtime, device, batch,
     threads; warm-up and repeats unless given), the archs taking turns (`measure_latencies`) in groups of at most
     `MEASURE_GROUP_PARAMS` parameters, whose nets and runtime sessions alone are held in memory at a time (the tiny
-    space's 400 calibration archs are one group; the ImageNet space's, 6.1 G parameters, took 23 GB at once)."""
+    space's 400 calibration archs are one group; the ImageNet space's, 6.1 G parameters, took 23 GB at once).
+    `on_group(indices into archs, their ms)` is called after each group."""
     params = count_params_batch(table.space, list(archs), table.num_classes) * 1e6 if len(archs) else []
     times: list[float] = []
     for group in param_groups(params, MEASURE_GROUP_PARAMS):
         nets = [static_net(table.space, archs[i], table.num_classes) for i in group]
         shapes = [(table.batch, table.space.in_chans, archs[i].resolution, archs[i].resolution) for i in group]
-        times += measure_latencies(nets, shapes, table.runtime, table.device, table.threads,
-                                   table.data["warmup"] if warmup is None else warmup,
-                                   table.data["repeats"] if repeats is None else repeats, rounds)
+        group_times = measure_latencies(nets, shapes, table.runtime, table.device, table.threads,
+                                        table.data["warmup"] if warmup is None else warmup,
+                                        table.data["repeats"] if repeats is None else repeats, rounds)
+        times += group_times
+        if on_group is not None:
+            on_group(group, group_times)
     return times
 
 

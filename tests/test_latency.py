@@ -284,6 +284,36 @@ def test_an_interrupted_build_resumes_measuring_only_the_rest(micro, tmp_path, m
     assert rerun == []  # a finished table is not measured again
 
 
+def test_an_interrupted_calibration_resumes_with_the_archs_not_measured(micro, tmp_path, monkeypatch):
+    """The calibration archs are measured and saved group by group (here one arch per group): after an interrupt
+    the archs on disk are kept and only the others are measured, in the same seeded order."""
+    monkeypatch.setattr(latency_mod, "MEASURE_GROUP_PARAMS", 1.0)  # every arch over the budget: a group of its own
+    built, stop_at = [], [4]
+    real_static_net = latency_mod.static_net
+
+    def counting_static_net(space, arch, num_classes=None):
+        built.append(arch.to_dict())
+        if len(built) == stop_at[0]:
+            raise Interrupt
+        return real_static_net(space, arch, num_classes)
+
+    monkeypatch.setattr(latency_mod, "static_net", counting_static_net)
+    path, options = tmp_path / "t.json", dict(FAST, calibration_archs=6)
+    with pytest.raises(Interrupt):
+        build_table(micro, "torch", "cpu", 1, path, threads=1, **options)
+    partial = json.loads(path.read_text())
+    assert partial["complete"] is False and [r["arch"] for r in partial["calibration"]] == built[:3]
+    with pytest.raises(BadFileError, match="3 calibration archs not measured yet"):
+        LatencyTable.load(path, micro)
+    built.clear()
+    stop_at[0] = 0
+    table = build_table(micro, "torch", "cpu", 1, path, threads=1, **options)
+    rows = table.data["calibration"]
+    assert table.data["complete"] is True and len(rows) == 6 and rows[:3] == partial["calibration"]
+    assert built == [r["arch"] for r in rows[3:]]  # only the rest measured
+    assert (table.scale, table.per_part_ms) == pytest.approx(fit_calibration(rows))
+
+
 def test_resuming_with_other_settings_is_refused(micro, torch_table, tmp_path):
     path = tmp_path / "t.json"
     path.write_bytes(torch_table.path.read_bytes())
