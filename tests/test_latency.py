@@ -448,9 +448,14 @@ def test_cli_build_then_validate(micro_yaml, capsys, tmp_path):
     table = tmp_path / "table.json"
     code, out = run_cli(["build", "--space", str(micro_yaml), "--runtime", "torch", "--device", "cpu", "--batch",
                          "1", "--out", str(table), "--threads", "1", "--warmup", "0", "--repeats", "1",
-                         "--calibration-archs", "2", "--no-progress"], capsys)
+                         "--calibration-archs", "10", "--no-progress"], capsys)
     assert code == 0, out.err
     assert f"{len(table_keys(space_from_dict(MICRO)))} entries" in out.out
+    built = json.loads(table.read_text())  # 10 archs: enough to cross-validate the ridge, which build reports
+    ridge = built["correction_ridge"]
+    assert ridge in CORRECTION_RIDGES and set(built["correction_cv_mape_pct"]) == {str(r) for r in CORRECTION_RIDGES}
+    assert (f"(ridge {ridge:g}, cross-validated MAPE {built['correction_cv_mape_pct'][str(ridge)]:.2f}%)"
+            in out.out)
     code, out = run_cli(["validate", "--table", str(table), "--num-archs", "3", "--out", str(tmp_path / "val")],
                         capsys)
     assert code == 0, out.err
